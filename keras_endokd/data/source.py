@@ -1,0 +1,107 @@
+"""What every dataset loader returns: class names and labelled splits.
+
+Loaders (synthetic, Kvasir-v2, Hyper-Kvasir, image folder) differ only in how they find images and
+split them; everything after that (decoding, resizing, augmentation, batching) is shared by
+`keras_endokd.data.pipeline`. A split holds either file paths (real data, decoded lazily) or an
+in-memory uint8 image array (the embedded synthetic data, which has no files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DatasetLayoutError(ValueError):
+    """A dataset folder or split file is not laid out as expected (names the path)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: integer labels plus either image paths or in-memory images.
+
+    Attributes:
+      labels: int32 array [N], indices into the dataset's `class_names`.
+      paths: N absolute file paths, or None for in-memory data.
+      images: uint8 array [N, H, W, 3] (RGB), or None for file-based data.
+    """
+
+    labels: np.ndarray
+    paths: Optional[Tuple[str, ...]] = None
+    images: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int32))
+        if (self.paths is None) == (self.images is None):
+            raise ValueError("A Split holds exactly one of `paths` or `images`.")
+        if self.paths is not None:
+            object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
+        n = len(self.paths) if self.paths is not None else len(self.images)
+        if n != len(self.labels):
+            raise ValueError(f"{n} images but {len(self.labels)} labels.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> "Split":
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.paths is not None:
+            return Split(self.labels[indices], paths=tuple(self.paths[i] for i in indices))
+        return Split(self.labels[indices], images=self.images[indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """A dataset ready for `pipeline.make_dataset`: its classes and its splits.
+
+    Attributes:
+      name: registry name (`synthetic`, `kvasir_v2`, `hyper_kvasir`, `folder`).
+      class_names: class names, index = label.
+      splits: split name (`train`, `val`, `test`) -> Split.
+      root: the data folder, or None for the embedded data.
+      skipped: files that were found but left out, with why (never dropped silently).
+    """
+
+    name: str
+    class_names: Tuple[str, ...]
+    splits: Mapping[str, Split]
+    root: Optional[str] = None
+    skipped: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_weights(self, split: str = "train") -> dict:
+        """Inverse-frequency weights (`n / (k * n_c)`), as Keras' `class_weight` expects.
+
+        Hyper-Kvasir's classes range from 6 to 1,148 images; unweighted training ignores the rare
+        ones. Classes absent from the split get weight 0.
+        """
+        counts = np.bincount(self.splits[split].labels, minlength=self.num_classes)
+        total, present = counts.sum(), max(int((counts > 0).sum()), 1)
+        return {
+            i: (float(total) / (present * c) if c else 0.0) for i, c in enumerate(counts)
+        }
+
+    def describe(self) -> dict:
+        """JSON-ready summary: class names and image counts per split and class."""
+        counts = {}
+        for split_name, split in self.splits.items():
+            per_class = np.bincount(split.labels, minlength=self.num_classes)
+            counts[split_name] = {
+                "total": int(len(split)),
+                "per_class": {c: int(n) for c, n in zip(self.class_names, per_class)},
+            }
+        return {
+            "dataset": self.name,
+            "root": self.root,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "splits": counts,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
