@@ -1,0 +1,72 @@
+"""The student's size, taps and operations; every teacher builds offline; safe saving."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_endokd.models.student import build_student, student_param_table, trainable_param_count
+from keras_endokd.models.taps import FEATURE_TAPS, LOGITS, tap_model
+from keras_endokd.models.teachers import TEACHER_NAMES, build_teacher, load_teacher
+
+MICRO_LAYERS = (
+    keras.layers.InputLayer, keras.layers.Rescaling, keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D, keras.layers.BatchNormalization, keras.layers.ReLU,
+    keras.layers.Identity, keras.layers.GlobalAveragePooling2D, keras.layers.Dropout,
+    keras.layers.Dense,
+)
+
+
+def test_student_has_the_papers_size():
+    student = build_student(num_classes=8, image_size=128)
+    assert trainable_param_count(student) == 51_640
+    assert abs(trainable_param_count(student) - 51_800) <= 1_000
+    assert sum(n for _, n in student_param_table(student)) == trainable_param_count(student)
+
+
+def test_student_taps_and_logits_shapes():
+    taps = tap_model(build_student(8, 128), [*FEATURE_TAPS, LOGITS])
+    shapes = {k: tuple(v.shape[1:]) for k, v in taps.output.items()}
+    assert shapes == {"feat_1": (32, 32, 32), "feat_2": (16, 16, 64), "feat_3": (8, 8, 104), "logits": (8,)}
+
+
+def test_student_uses_only_microcontroller_operations():
+    for layer in build_student(8, 128).layers:
+        assert isinstance(layer, MICRO_LAYERS), f"{layer.name} is a {type(layer).__name__}"
+
+
+def test_student_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="image_size"):
+        build_student(8, 16)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_student(1, 128)
+
+
+@pytest.mark.parametrize("name", TEACHER_NAMES)
+def test_every_registered_teacher_builds_offline_with_taps(name):
+    teacher = build_teacher(name, num_classes=5, image_size=64)
+    outputs = tap_model(teacher, [*FEATURE_TAPS, LOGITS])(np.zeros((1, 64, 64, 3), "float32"))
+    assert outputs[LOGITS].shape == (1, 5)
+    strides = [64 // outputs[t].shape[1] for t in FEATURE_TAPS]
+    assert strides == sorted(strides) and strides[0] >= 4
+
+
+def test_unknown_teacher_names_the_choices():
+    with pytest.raises(ValueError, match="small_resnet"):
+        build_teacher("resnet9000")
+
+
+def test_student_and_teacher_reload_safely_and_identically(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    for model in (build_student(4, 64), build_teacher("mobilenetv2", 4, 64)):
+        path = str(tmp_path / f"{model.name}.keras")
+        model.save(path)
+        again = keras.saving.load_model(path, safe_mode=True)
+        np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    loaded = load_teacher(str(tmp_path / "teacher_mobilenetv2.keras"), num_classes=4, image_size=64)
+    assert loaded.name == "teacher_mobilenetv2"
+    with pytest.raises(ValueError, match="needs"):
+        load_teacher(str(tmp_path / "teacher_mobilenetv2.keras"), num_classes=8, image_size=64)
+    with pytest.raises(ValueError, match="not a keras-endokd teacher"):
+        plain = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Flatten(), keras.layers.Dense(4)])
+        plain.save(tmp_path / "plain.keras")
+        load_teacher(str(tmp_path / "plain.keras"), num_classes=4, image_size=64)
