@@ -1,0 +1,56 @@
+"""Feature-based KD with hints: the student's features, through a learned adapter, regress the
+teachers' features.
+
+Romero et al. 2015, "FitNets: Hints for Thin Deep Nets":
+
+    L = mean || r(F_s) - resize(F_t) ||^2
+
+where r is a trainable 1x1 convolution (one per teacher) mapping the student's C_s channels to
+the teacher's C_t, and the teacher map is pooled (or bilinearly resized) to the student's spatial
+size. The adapter is trained with the student and discarded after distillation, so the deployed
+student is unchanged. Averaged over teachers.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_endokd.distill.base import DistillationTerm, resize_like, teacher_mean
+from keras_endokd.models.taps import FEATURE_TAPS
+
+
+@keras.saving.register_keras_serializable(package="keras_endokd")
+class FitNetsDistillation(DistillationTerm):
+    """Hint loss between `student_tap` and each teacher's `teacher_tap` (default: both `feat_2`)."""
+
+    def __init__(self, student_tap: str = "feat_2", teacher_tap: str = "feat_2", **kwargs):
+        super().__init__(**kwargs)
+        for tap in (student_tap, teacher_tap):
+            if tap not in FEATURE_TAPS:
+                raise ValueError(f"FitNets taps must be among {FEATURE_TAPS}, got {tap!r}.")
+        self.student_tap, self.teacher_tap = student_tap, teacher_tap
+        self.student_taps, self.teacher_taps = (student_tap,), (teacher_tap,)
+        self.adapters = []
+
+    @classmethod
+    def default_loss_weights(cls):
+        return {"loss_feature": 1.0}
+
+    def build_for(self, student_shapes, teacher_shapes, num_classes):
+        for i, shapes in enumerate(teacher_shapes):
+            adapter = keras.layers.Conv2D(shapes[self.teacher_tap][-1], 1, name=f"hint_adapter_{i}")
+            adapter.build(student_shapes[self.student_tap])
+            self.adapters.append(adapter)
+        self.built = True
+
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
+        s = student_outputs[self.student_tap]
+        height, width = s.shape[1], s.shape[2]
+        per_teacher = []
+        for adapter, t in zip(self.adapters, teacher_outputs):
+            target = resize_like(t[self.teacher_tap], height, width)
+            per_teacher.append(keras.ops.mean(keras.ops.square(adapter(s) - target)))
+        return {"loss_feature": teacher_mean(per_teacher)}
+
+    def get_config(self):
+        return {**super().get_config(), "student_tap": self.student_tap, "teacher_tap": self.teacher_tap}

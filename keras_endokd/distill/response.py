@@ -1,0 +1,67 @@
+"""Response-based KD: the student matches the teachers' softened class distributions.
+
+Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network":
+
+    L = T^2 * KL( softmax(z_t / T) || softmax(z_s / T) ),   averaged over the batch,
+
+and, with several teachers, averaged over teachers (optionally weighted). The T^2 factor keeps
+the gradient scale independent of T. Keras 3.15's `LogitsDistillation()` default
+(`loss="kl_divergence"`) computes KL on raw temperature-scaled logits instead of on the
+softmaxes (see shared TRAPS.md): we write the formula out.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import keras
+
+from keras_endokd.distill.base import DistillationTerm, teacher_mean
+from keras_endokd.models.taps import LOGITS
+
+
+def soft_kl(teacher_logits, student_logits, temperature: float):
+    """T^2 * mean over the batch of KL(softmax(t/T) || softmax(s/T)), in nats."""
+    t = keras.ops.log_softmax(teacher_logits / temperature, axis=-1)
+    s = keras.ops.log_softmax(student_logits / temperature, axis=-1)
+    kl = keras.ops.sum(keras.ops.exp(t) * (t - s), axis=-1)
+    return keras.ops.mean(kl) * temperature**2
+
+
+@keras.saving.register_keras_serializable(package="keras_endokd")
+class ResponseDistillation(DistillationTerm):
+    """Hinton KD against every teacher's logits.
+
+    Args:
+      temperature: softening temperature T (> 0).
+      teacher_weights: optional per-teacher weights (normalized); equal by default.
+    """
+
+    student_taps = (LOGITS,)
+    teacher_taps = (LOGITS,)
+
+    def __init__(
+        self, temperature: float = 4.0, teacher_weights: Optional[Sequence[float]] = None, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.temperature = float(temperature)
+        self.teacher_weights = list(teacher_weights) if teacher_weights is not None else None
+
+    @classmethod
+    def default_loss_weights(cls):
+        return {"loss_response": 1.0}
+
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
+        per_teacher = [
+            soft_kl(t[LOGITS], student_outputs[LOGITS], self.temperature) for t in teacher_outputs
+        ]
+        return {"loss_response": teacher_mean(per_teacher, self.teacher_weights)}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "teacher_weights": self.teacher_weights,
+        }

@@ -1,0 +1,80 @@
+"""Trained teachers, kept and reused across runs with the same data and settings.
+
+Distillation runs differ in the student's losses, not in their teachers: `--kd=response` then
+`--kd=relation` on the same data must not retrain three teachers. A teacher is stored under a key
+hashing everything that determines it: the registry name, the training data (the split's file
+paths and labels, or the pixels of in-memory images), the image size and preprocessing, and the
+training settings. A change in any of them gives a new key, so a stale teacher is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Callable, Optional, Tuple
+
+import keras
+import numpy as np
+
+from keras_endokd.data.source import DatasetSource
+
+_STORE_VERSION = 1
+
+
+def data_fingerprint(source: DatasetSource, splits=("train", "val")) -> str:
+    """sha256 of the splits' contents (paths and labels, or image bytes and labels)."""
+    h = hashlib.sha256(f"{source.name}|{','.join(source.class_names)}".encode())
+    for name in splits:
+        split = source.splits[name]
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(split.labels).tobytes())
+        if split.paths is not None:
+            h.update("\n".join(split.paths).encode())
+        else:
+            h.update(np.ascontiguousarray(split.images).tobytes())
+    return h.hexdigest()
+
+
+class TeacherStore:
+    """A folder of trained teachers: `<root>/<name>-<key>.keras` plus `<...>.json` (settings, scores)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def key(self, name: str, fingerprint: str, settings: dict) -> str:
+        blob = json.dumps(
+            {"v": _STORE_VERSION, "name": name, "data": fingerprint, "settings": settings},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def path(self, name: str, key: str) -> str:
+        return os.path.join(self.root, f"{name}-{key}.keras")
+
+    def load_or_train(
+        self,
+        name: str,
+        fingerprint: str,
+        settings: dict,
+        train: Callable[[], Tuple[keras.Model, dict]],
+    ) -> Tuple[keras.Model, dict, bool]:
+        """The stored teacher if there is one, else `train()`'s, stored. Returns (model, info, reused)."""
+        from keras_endokd import io
+
+        key = self.key(name, fingerprint, settings)
+        path = self.path(name, key)
+        info_path = path[: -len(".keras")] + ".json"
+        if os.path.isfile(path) and os.path.isfile(info_path):
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+            with open(info_path) as f:
+                return model, json.load(f), True
+        model, info = train()
+        info = {**info, "name": name, "key": key, "settings": settings, "path": path}
+        io.save_model(model, path)
+        io.write_json(info_path, info)
+        return model, info, False
+
+    def find(self, name: str, fingerprint: str, settings: dict) -> Optional[str]:
+        path = self.path(name, self.key(name, fingerprint, settings))
+        return path if os.path.isfile(path) else None

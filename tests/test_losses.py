@@ -1,0 +1,146 @@
+"""Distillation losses on small tensors with known values."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_endokd.distill.attention_transfer import AttentionTransfer, attention_transfer_loss
+from keras_endokd.distill.fitnets import FitNetsDistillation
+from keras_endokd.distill.fusion import TeacherFusion, confidence_weights
+from keras_endokd.distill.registry import build_losses, parse_kd
+from keras_endokd.distill.response import ResponseDistillation, soft_kl
+from keras_endokd.distill.rkd import rkd_angle_loss, rkd_distance_loss
+
+ops = keras.ops
+
+
+def _np(x):
+    return float(keras.ops.convert_to_numpy(x))
+
+
+def test_response_kd_of_identical_logits_is_zero():
+    z = np.random.default_rng(0).normal(size=(6, 8)).astype("float32")
+    assert _np(soft_kl(z, z, 4.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_response_kd_matches_a_hand_computed_two_class_example():
+    teacher = np.array([[0.0, math.log(3.0)]], "float32")  # softmax = [1/4, 3/4]
+    student = np.array([[0.0, 0.0]], "float32")  # softmax = [1/2, 1/2]
+    # KL([1/4, 3/4] || [1/2, 1/2]) = 1/4 ln(1/2) + 3/4 ln(3/2) = 3/4 ln 3 - ln 2
+    assert _np(soft_kl(teacher, student, 1.0)) == pytest.approx(0.75 * math.log(3) - math.log(2), rel=1e-5)
+    # At T = 2 the teacher's softmax is [1, sqrt 3] / (1 + sqrt 3); the loss is scaled by T^2.
+    p = np.array([1.0, math.sqrt(3.0)]) / (1.0 + math.sqrt(3.0))
+    expected = 4.0 * float(np.sum(p * np.log(p / 0.5)))
+    assert _np(soft_kl(teacher, student, 2.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_response_kd_agrees_with_keras_logits_distillation_given_a_kl_instance():
+    rng = np.random.default_rng(1)
+    t, s = rng.normal(size=(16, 8)).astype("float32"), rng.normal(size=(16, 8)).astype("float32")
+    for temperature in (1.0, 4.0):
+        ours = ResponseDistillation(temperature).compute_loss([{"logits": t}], {"logits": s})["loss_response"]
+        keras_kd = keras.distillation.LogitsDistillation(temperature=temperature, loss=keras.losses.KLDivergence())
+        assert _np(ours) == pytest.approx(_np(keras_kd.compute_loss(t, s)), rel=1e-4)
+
+
+def test_response_kd_averages_and_weights_teachers():
+    rng = np.random.default_rng(2)
+    s, t1, t2 = (rng.normal(size=(4, 3)).astype("float32") for _ in range(3))
+    a, b = _np(soft_kl(t1, s, 2.0)), _np(soft_kl(t2, s, 2.0))
+    teachers = [{"logits": t1}, {"logits": t2}]
+    assert _np(ResponseDistillation(2.0).compute_loss(teachers, {"logits": s})["loss_response"]) == pytest.approx((a + b) / 2, rel=1e-5)
+    weighted = ResponseDistillation(2.0, teacher_weights=[3.0, 1.0]).compute_loss(teachers, {"logits": s})
+    assert _np(weighted["loss_response"]) == pytest.approx(0.75 * a + 0.25 * b, rel=1e-5)
+
+
+def test_fitnets_with_identity_adapter_and_pooled_teacher():
+    loss = FitNetsDistillation("feat_2", "feat_2")
+    loss.build_for({"feat_2": (None, 2, 2, 2)}, [{"feat_2": (None, 4, 4, 2)}], num_classes=3)
+    loss.adapters[0].set_weights([np.eye(2, dtype="float32")[None, None], np.zeros(2, "float32")])
+    student = {"feat_2": np.ones((1, 2, 2, 2), "float32")}
+    teacher = [{"feat_2": np.full((1, 4, 4, 2), 3.0, "float32")}]  # average-pooled 4x4 -> 2x2
+    assert _np(loss.compute_loss(teacher, student)["loss_feature"]) == pytest.approx(4.0)
+
+
+def test_attention_transfer_known_value():
+    student = np.zeros((1, 2, 2, 1), "float32")
+    student[0, 0, 0, 0] = 2.0  # attention [1, 0, 0, 0] after normalization
+    teacher = np.ones((1, 2, 2, 3), "float32")  # attention [1/2, 1/2, 1/2, 1/2]
+    assert _np(attention_transfer_loss(student, teacher)) == pytest.approx(0.25, rel=1e-5)
+    assert _np(attention_transfer_loss(teacher, teacher * 5)) == pytest.approx(0.0, abs=1e-7)
+    terms = AttentionTransfer(taps=("feat_1",)).compute_loss([{"feat_1": teacher}], {"feat_1": student})
+    assert _np(terms["loss_attention"]) == pytest.approx(0.25, rel=1e-5)
+
+
+def _rkd_reference(s, t):
+    """Loop implementation of Park et al.'s distance and angle terms (huber, delta = 1)."""
+    def huber(a, b):
+        d = np.abs(a - b)
+        return np.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+
+    def dist(e):
+        n = len(e)
+        d = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(n)] for i in range(n)])
+        return d / (d.sum() / (n * n - n))
+
+    def angle(e):
+        n = len(e)
+        out = np.zeros((n, n, n))
+        for i in range(n):
+            for j in range(n):
+                for k in range(n):
+                    u, v = e[i] - e[j], e[k] - e[j]
+                    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+                    out[i, j, k] = 0.0 if nu == 0 or nv == 0 else u @ v / (nu * nv)
+        return out
+
+    return huber(dist(s), dist(t)), huber(angle(s), angle(t))
+
+
+def test_rkd_matches_loop_reference_and_is_scale_invariant():
+    rng = np.random.default_rng(3)
+    s, t = rng.normal(size=(5, 4)).astype("float32"), rng.normal(size=(5, 6)).astype("float32")
+    ref_d, ref_a = _rkd_reference(s.astype(np.float64), t.astype(np.float64))
+    assert _np(rkd_distance_loss(s, t)) == pytest.approx(ref_d, rel=1e-3)
+    assert _np(rkd_angle_loss(s, t)) == pytest.approx(ref_a, rel=1e-3)
+    assert _np(rkd_distance_loss(s, 3 * s)) == pytest.approx(0.0, abs=1e-5)
+    assert _np(rkd_angle_loss(s, 3 * s)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_confidence_weights_favour_the_teacher_that_knows_the_label():
+    right = np.array([[5.0, 0.0, 0.0]], "float32")
+    wrong = np.array([[0.0, 5.0, 0.0]], "float32")
+    w = keras.ops.convert_to_numpy(confidence_weights([right, wrong, wrong], np.array([0])))
+    assert w.sum() == pytest.approx(1.0, abs=1e-6)
+    assert w[0, 0] > w[0, 1] == pytest.approx(w[0, 2])
+
+
+@pytest.mark.parametrize("mode", ["attention", "mean", "confidence"])
+def test_fusion_output_shape(mode):
+    fusion = TeacherFusion(mode, width=16, num_heads=2)
+    fusion.build_for((None, 4, 4, 8), [(None, 4, 4, 12), (None, 8, 8, 6)])
+    rng = np.random.default_rng(4)
+    teachers = [rng.normal(size=(3, 4, 4, 12)).astype("float32"), rng.normal(size=(3, 8, 8, 6)).astype("float32")]
+    logits = [rng.normal(size=(3, 5)).astype("float32")] * 2
+    out = fusion(teachers, rng.normal(size=(3, 4, 4, 8)).astype("float32"), logits, np.array([0, 1, 2]))
+    assert tuple(out.shape) == (3, 4, 4, 16)
+    if mode == "attention":
+        assert tuple(fusion.last_attention_scores.shape) == (3 * 16, 2, 1, 2)
+    if mode == "mean":
+        projected = [fusion.projections[0](teachers[0]), ops.average_pool(fusion.projections[1](teachers[1]), 2, 2)]
+        np.testing.assert_allclose(ops.convert_to_numpy(out), ops.convert_to_numpy((projected[0] + projected[1]) / 2), atol=1e-5)
+
+
+def test_registry_composes_methods_and_rejects_unknown_names():
+    losses = build_losses("response,feature,relation", temperature=2.0, fusion="mean", heads=2,
+                          loss_weights={"loss_feature": 0.5})
+    assert [type(l).__name__ for l in losses] == ["ResponseDistillation", "FitNetsDistillation", "AttentionTransfer", "FusionDistillation"]
+    assert losses[1].loss_weights["loss_feature"] == 0.5
+    assert losses[0].temperature == 2.0 and losses[3].fusion_mode == "mean"
+    assert build_losses("none") == []
+    with pytest.raises(ValueError, match="Expected one or more of"):
+        parse_kd("response,crd")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        parse_kd("none,response")
