@@ -88,6 +88,11 @@ class Distiller(keras.Model):
         self.build(student.input.shape)
 
     @property
+    def teacher_tap_models(self) -> List[keras.Model]:
+        """Per teacher, the model returning the {tap: tensor} the losses read (for caching)."""
+        return list(self._graphs.teachers)
+
+    @property
     def teacher_taps(self) -> List[str]:
         """The teacher outputs a batch must carry when teachers' outputs come precomputed."""
         return list(self._graphs.teachers[0].output) if self._graphs.teachers else []

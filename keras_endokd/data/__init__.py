@@ -1,0 +1,57 @@
+"""Datasets: the embedded synthetic default, Kvasir-v2, Hyper-Kvasir and any image folder.
+
+Every loader returns a `DatasetSource` (class names and train/val/test splits); `make_dataset`
+turns a split into a `tf.data` pipeline. `load_dataset(name, ...)` is the single entry point the
+command lines use.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from keras_endokd.data.source import DatasetLayoutError, DatasetSource, Split
+
+DATASET_NAMES = ("synthetic", "kvasir_v2", "hyper_kvasir", "folder")
+
+
+def load_dataset(
+    name: str = "synthetic",
+    data_dir: Optional[str] = None,
+    split_file: Optional[str] = None,
+    fold: int = 0,
+    seed: int = 0,
+    image_size: int = 128,
+    val_fraction: float = 0.1,
+) -> DatasetSource:
+    """Loads a dataset by name; real datasets need `data_dir`, the synthetic one nothing.
+
+    `fold` selects the held-out test fold of k-fold datasets (Kvasir-v2, Hyper-Kvasir; 2 folds by
+    default, the number of folds in `split_file` for Hyper-Kvasir). The synthetic images are
+    generated at `image_size`, so nothing is resized.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"Unknown --dataset={name!r}; expected one of {', '.join(DATASET_NAMES)}.")
+    if name == "synthetic":
+        from keras_endokd.data import synthetic
+
+        return synthetic.load(image_size=image_size, seed=seed)
+    if not data_dir:
+        raise ValueError(f"--dataset={name} needs --data_dir, the folder the dataset was unpacked to.")
+    if split_file and name != "hyper_kvasir":
+        raise ValueError(f"--split_file applies to --dataset=hyper_kvasir only, not {name}.")
+    if name == "kvasir_v2":
+        from keras_endokd.data import kvasir
+
+        return kvasir.load(data_dir, fold=fold, val_fraction=val_fraction, seed=seed)
+    if name == "hyper_kvasir":
+        from keras_endokd.data import hyper_kvasir
+
+        return hyper_kvasir.load(
+            data_dir, split_file=split_file, fold=fold, val_fraction=val_fraction, seed=seed
+        )
+    from keras_endokd.data import folder
+
+    return folder.load(data_dir, val_fraction=val_fraction, seed=seed)
+
+
+__all__ = ["DATASET_NAMES", "DatasetLayoutError", "DatasetSource", "Split", "load_dataset"]

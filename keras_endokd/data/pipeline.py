@@ -1,0 +1,111 @@
+"""From a `Split` to a `tf.data` pipeline of (image, label) batches, and the one preprocessing.
+
+`preprocess_image` is THE preprocessing: training, evaluation, export checks and `predict` (Keras
+and TFLite alike) all call it, so a deployed model sees exactly what the student saw. Models take
+float RGB pixel values in [0, 255] and normalize inside themselves, so the deployed uint8/int8
+input is the camera pixel.
+
+Pipeline order, for speed: decode and resize in parallel, cache the small resized uint8 images
+(not the full-size JPEGs) in memory, then shuffle, batch, augment per batch and prefetch.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from keras_endokd.data.augment import build_augmenter
+from keras_endokd.data.source import Split
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# A pixel counts as "inside the field of view" above this brightness (0-255); the black border of
+# an endoscopy frame sits well below it, and dark mucosa rarely fills whole rows at this level.
+_BORDER_THRESHOLD = 24.0
+_BORDER_MIN_FRACTION = 0.1
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 RGB [H, W, 3] (16-bit PNGs are scaled to 8 bits)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint16)
+    return tf.cast(tf.bitwise.right_shift(image, 8), tf.uint8)
+
+
+def crop_black_border(image: tf.Tensor) -> tf.Tensor:
+    """Crops the endoscope's black surround to the bounding box of the bright field of view.
+
+    Rows/columns with fewer than 10% bright pixels are border (or overlay text on black). An
+    image with no bright region (all dark) is returned unchanged rather than cropped to nothing.
+    """
+    bright = tf.reduce_max(tf.cast(image, tf.float32), axis=-1) > _BORDER_THRESHOLD
+    rows = tf.reduce_mean(tf.cast(bright, tf.float32), axis=1) > _BORDER_MIN_FRACTION
+    cols = tf.reduce_mean(tf.cast(bright, tf.float32), axis=0) > _BORDER_MIN_FRACTION
+    row_idx = tf.where(rows)[:, 0]
+    col_idx = tf.where(cols)[:, 0]
+
+    def crop():
+        top, bottom = tf.reduce_min(row_idx), tf.reduce_max(row_idx) + 1
+        left, right = tf.reduce_min(col_idx), tf.reduce_max(col_idx) + 1
+        return image[top:bottom, left:right]
+
+    return tf.cond(tf.logical_and(tf.size(row_idx) > 1, tf.size(col_idx) > 1), crop, lambda: image)
+
+
+def preprocess_image(image: tf.Tensor, image_size: int, crop_border: bool = False) -> tf.Tensor:
+    """uint8 RGB [H, W, 3] of any size -> uint8 RGB [image_size, image_size, 3].
+
+    The frame is squashed to a square (the Kvasir literature does the same) with antialiasing, so
+    1920x1072 frames are averaged down rather than aliased.
+    """
+    image = tf.convert_to_tensor(image)
+    if crop_border:
+        image = crop_black_border(image)
+    resized = tf.image.resize(image, (image_size, image_size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def load_and_preprocess(path: tf.Tensor, image_size: int, crop_border: bool = False) -> tf.Tensor:
+    return preprocess_image(decode_image(tf.io.read_file(path)), image_size, crop_border)
+
+
+def image_dataset(split: Split, image_size: int, crop_border: bool = False) -> tf.data.Dataset:
+    """Unbatched, unshuffled uint8 images [S, S, 3] of a split, in the split's order."""
+    if split.images is not None:
+        ds = tf.data.Dataset.from_tensor_slices(split.images)
+        if split.images.shape[1:3] != (image_size, image_size) or crop_border:
+            ds = ds.map(lambda im: preprocess_image(im, image_size, crop_border), AUTOTUNE)
+        return ds
+    paths = tf.data.Dataset.from_tensor_slices(list(split.paths))
+    return paths.map(
+        lambda p: load_and_preprocess(p, image_size, crop_border),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def make_dataset(
+    split: Split,
+    image_size: int,
+    batch_size: int = 32,
+    training: bool = False,
+    seed: int = 0,
+    augment: bool = True,
+    crop_border: bool = False,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """(float32 images [B, S, S, 3] in [0, 255], int32 labels [B]) batches.
+
+    Training pipelines shuffle (seeded, reshuffled each epoch) and augment; evaluation pipelines
+    keep the split's order so predictions line up with `split.labels`.
+    """
+    images = image_dataset(split, image_size, crop_border)
+    ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(split.labels))
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(split), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    if training and augment:
+        augmenter = build_augmenter(seed)
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

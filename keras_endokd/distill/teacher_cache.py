@@ -1,0 +1,173 @@
+"""Teacher outputs computed once and reused every epoch: distillation without running teachers.
+
+Frozen teachers cost most of a distillation step. Their outputs depend only on the input image,
+so we precompute them. Augmentation would make every epoch's input new, so, following Beyer et
+al. 2022 ("Knowledge distillation: a good teacher is patient and consistent"), each training
+image gets a fixed number of augmented *views*, rendered once; teachers run on each view once;
+each epoch the student sees one randomly drawn view of every image, with exactly the teacher
+outputs of that view. Teacher and student always see the same pixels.
+
+Storage: uint8 views [V, N, S, S, 3] and float16 teacher taps [V, N, ...], either in memory or
+as memory-mapped `.npy` files under a folder keyed by everything that determines them (teachers'
+weights, data, preprocessing, augmentation seed, views, taps), so a stale cache is never read
+and a second run with the same teachers and data starts instantly. The `tf.data` pipeline
+gathers whole batches with numpy (fast for both storages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from typing import List, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_endokd.data.augment import build_augmenter
+from keras_endokd.data.pipeline import image_dataset
+from keras_endokd.data.source import Split
+from keras_endokd.distill.distiller import IMAGE_KEY, TEACHERS_KEY
+
+CACHE_MODES = ("auto", "memory", "disk", "off")
+# `auto` keeps the cache in memory up to this size, else memory-maps it from disk.
+AUTO_MEMORY_LIMIT_BYTES = 2 * 1024**3
+
+
+def weights_fingerprint(models: Sequence[keras.Model]) -> str:
+    h = hashlib.sha256()
+    for model in models:
+        h.update(model.name.encode())
+        for w in model.weights:
+            h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(teachers: Sequence[keras.Model], data_fingerprint: str, taps: Sequence[str], **settings) -> str:
+    """Names a cache by everything its contents depend on; any change gives a new folder."""
+    blob = json.dumps(
+        {"teachers": weights_fingerprint(teachers), "data": data_fingerprint, "taps": sorted(taps), **settings},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TeacherCache:
+    """Views of a training split and the teachers' outputs on them.
+
+    Build with `TeacherCache.build(...)`; feed `dataset(batch_size, seed)` to `Distiller.fit`.
+    Attributes: `views` uint8 [V, N, S, S, 3], `outputs` {f"{teacher}/{tap}": float16 [V, N, ...]},
+    `labels` int32 [N].
+    """
+
+    def __init__(self, views, outputs: dict, labels, num_teachers: int, taps: Sequence[str], folder=None):
+        self.views, self.outputs, self.labels = views, outputs, np.asarray(labels, np.int32)
+        self.num_teachers, self.taps, self.folder = num_teachers, list(taps), folder
+
+    @property
+    def num_views(self) -> int:
+        return self.views.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.views.nbytes + sum(a.nbytes for a in self.outputs.values()))
+
+    @classmethod
+    def build(
+        cls,
+        split: Split,
+        teacher_graphs: List[keras.Model],
+        image_size: int,
+        num_views: int = 4,
+        seed: int = 0,
+        crop_border: bool = False,
+        mode: str = "auto",
+        folder: Optional[str] = None,
+        batch_size: int = 128,
+    ) -> "TeacherCache":
+        """Renders the views and runs each teacher's tap model once per view.
+
+        `teacher_graphs` are the Distiller's teacher tap models (`{tap: tensor}` outputs).
+        `mode="disk"` (or `auto` over AUTO_MEMORY_LIMIT_BYTES) memory-maps under `folder`.
+        """
+        if mode not in CACHE_MODES or mode == "off":
+            raise ValueError(f"Cache mode must be one of auto, memory, disk; got {mode!r}.")
+        taps = list(teacher_graphs[0].output)
+        n = len(split)
+        shapes = {f"{t}/{tap}": tuple(g.output[tap].shape[1:]) for t, g in enumerate(teacher_graphs) for tap in taps}
+        nbytes = num_views * n * (image_size * image_size * 3 + 2 * sum(int(np.prod(s)) for s in shapes.values()))
+        on_disk = mode == "disk" or (mode == "auto" and nbytes > AUTO_MEMORY_LIMIT_BYTES)
+        if on_disk:
+            if folder is None:
+                raise ValueError("A disk cache needs a folder.")
+            if os.path.isfile(os.path.join(folder, "complete.json")):
+                return cls._open(folder, split.labels, len(teacher_graphs), taps)
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted build: start over
+            os.makedirs(folder)
+
+        def array(name, shape, dtype):
+            if on_disk:
+                return np.lib.format.open_memmap(os.path.join(folder, f"{name.replace('/', '__')}.npy"),
+                                                 mode="w+", dtype=dtype, shape=shape)
+            return np.empty(shape, dtype)
+
+        views = array("views", (num_views, n, image_size, image_size, 3), np.uint8)
+        outputs = {k: array(k, (num_views, n, *s), np.float16) for k, s in shapes.items()}
+        plain = image_dataset(split, image_size, crop_border).batch(batch_size)
+        for v in range(num_views):
+            augmenter = build_augmenter(seed * 1000 + v)
+            start = 0
+            for batch in plain:
+                view = augmenter(tf.cast(batch, tf.float32), training=True)
+                view = tf.cast(tf.clip_by_value(tf.round(view), 0, 255), tf.uint8)
+                stop = start + int(view.shape[0])
+                views[v, start:stop] = view.numpy()
+                pixels = tf.cast(view, tf.float32)  # teachers see exactly the stored uint8 view
+                for t, graph in enumerate(teacher_graphs):
+                    for tap, value in graph(pixels, training=False).items():
+                        outputs[f"{t}/{tap}"][v, start:stop] = keras.ops.convert_to_numpy(value)
+                start = stop
+        cache = cls(views, outputs, split.labels, len(teacher_graphs), taps, folder if on_disk else None)
+        if on_disk:
+            for a in (views, *outputs.values()):
+                a.flush()
+            with open(os.path.join(folder, "complete.json"), "w") as f:
+                json.dump({"views": num_views, "images": n, "taps": taps, "teachers": len(teacher_graphs)}, f)
+        return cache
+
+    @classmethod
+    def _open(cls, folder, labels, num_teachers, taps):
+        def load(name):
+            return np.load(os.path.join(folder, f"{name.replace('/', '__')}.npy"), mmap_mode="r")
+
+        outputs = {f"{t}/{tap}": load(f"{t}/{tap}") for t in range(num_teachers) for tap in taps}
+        return cls(load("views"), outputs, labels, num_teachers, taps, folder)
+
+    def dataset(self, batch_size: int, seed: int = 0) -> tf.data.Dataset:
+        """Batches of ({"image", "teachers"}, labels): one random view per image, reshuffled per epoch."""
+        n, num_views = len(self.labels), self.num_views
+        keys = list(self.outputs)
+
+        def gather(indices, view_ids):
+            values = [self.views[view_ids, indices]]
+            values += [np.asarray(self.outputs[k][view_ids, indices], np.float32) for k in keys]
+            return values + [self.labels[indices]]
+
+        def load(indices):
+            view_ids = tf.random.uniform(tf.shape(indices), 0, num_views, tf.int64, seed=seed)
+            values = tf.numpy_function(gather, [indices, view_ids], [tf.uint8] + [tf.float32] * len(keys) + [tf.int32])
+            image = tf.cast(values[0], tf.float32)
+            image.set_shape((None, *self.views.shape[2:]))
+            teachers = [{} for _ in range(self.num_teachers)]
+            for k, value in zip(keys, values[1:-1]):
+                t, tap = k.split("/", 1)
+                value.set_shape((None, *self.outputs[k].shape[2:]))
+                teachers[int(t)][tap] = value
+            labels = values[-1]
+            labels.set_shape((None,))
+            return {IMAGE_KEY: image, TEACHERS_KEY: tuple(teachers)}, labels
+
+        ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

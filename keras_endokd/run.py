@@ -1,0 +1,226 @@
+"""One distillation run, end to end: data, teachers, student, evaluation, export.
+
+`python -m keras_endokd.train` parses flags into a `RunConfig` and calls `run`; the experiment
+scripts call `run` directly with many configs that share their teachers. Everything a run writes
+goes into its run folder:
+
+    config.json            the resolved configuration
+    history.csv, logs/     per-epoch metrics (CSV, TensorBoard)
+    student.keras          the student alone (no teacher inside)
+    metrics.json           test-split metrics of the student and of each teacher
+    confusion_matrix.png
+    + the deployment files (see keras_endokd.deploy.export)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Optional, Tuple
+
+import keras
+import numpy as np
+
+from keras_endokd import io
+from keras_endokd.data import load_dataset
+from keras_endokd.data.pipeline import make_dataset
+from keras_endokd.data.source import DatasetSource
+from keras_endokd.distill.distiller import Distiller
+from keras_endokd.distill.registry import build_losses, parse_kd
+from keras_endokd.distill.teacher_cache import TeacherCache, cache_key
+from keras_endokd.distill.teacher_store import TeacherStore, data_fingerprint
+from keras_endokd.evaluation import classification_metrics, plot_confusion_matrix
+from keras_endokd.models.student import build_student, trainable_param_count
+from keras_endokd.models.teachers import DEFAULT_TEACHERS, build_teacher
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of a run; the train command's flags map onto these one to one."""
+
+    kd: str = "relation"
+    fusion: str = "attention"
+    heads: int = 4
+    dataset: str = "synthetic"
+    data_dir: Optional[str] = None
+    split_file: Optional[str] = None
+    fold: int = 0
+    crop_border: bool = False
+    teachers: Tuple[str, ...] = DEFAULT_TEACHERS
+    teacher_weights: Optional[str] = None
+    teacher_dir: Optional[str] = None
+    image_size: int = 128
+    epochs: int = 30
+    teacher_epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    teacher_learning_rate: float = 2e-3
+    temperature: float = 4.0
+    ce_weight: float = 1.0
+    loss_weights: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    output_dir: str = "runs/latest"
+    teacher_cache: str = "auto"
+    teacher_views: int = 4
+    export: bool = True
+    sparsity: float = 0.5
+    verbose: Optional[int] = None
+
+    def resolved_teacher_dir(self) -> str:
+        return self.teacher_dir or os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), "teachers")
+
+
+def log(message: str) -> None:
+    print(f"[keras-endokd] {message}", flush=True)
+
+
+def _verbose(cfg: RunConfig) -> int:
+    return cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
+
+
+def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int):
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, epochs * steps_per_epoch), alpha=0.01
+    )
+    return keras.optimizers.Adam(schedule)
+
+
+def predict_labels(model: keras.Model, dataset) -> np.ndarray:
+    return np.argmax(model.predict(dataset, verbose=0), axis=-1)
+
+
+def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tuple[keras.Model, dict]:
+    """Trains one registry teacher with cross-entropy; returns it and its test scores."""
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_teacher(name, source.num_classes, cfg.image_size, weights=cfg.teacher_weights)
+    model.compile(
+        optimizer=_optimizer(cfg.teacher_learning_rate, cfg.teacher_epochs, len(datasets["train"])),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    start = time.time()
+    model.fit(datasets["train"], validation_data=datasets["val"], epochs=cfg.teacher_epochs,
+              shuffle=False, verbose=_verbose(cfg))  # the tf.data pipeline shuffles
+    accuracy = float(np.mean(predict_labels(model, datasets["test"]) == source.splits["test"].labels))
+    return model, {"test_accuracy": accuracy, "params": int(model.count_params()), "train_seconds": time.time() - start}
+
+
+def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tuple[list, list]:
+    """Teachers from `.keras` paths, or from the store, training those it lacks."""
+    if parse_kd(cfg.kd) == ["none"]:
+        return [], []
+    store = TeacherStore(cfg.resolved_teacher_dir())
+    fingerprint = data_fingerprint(source)
+    teachers, infos = [], []
+    for name in cfg.teachers:
+        if name.endswith(".keras"):
+            model = build_teacher(name, source.num_classes, cfg.image_size)
+            labels = predict_labels(model, datasets["test"])
+            info = {"name": name, "path": name, "params": int(model.count_params()),
+                    "test_accuracy": float(np.mean(labels == source.splits["test"].labels))}
+            reused = True
+        else:
+            settings = {k: getattr(cfg, k) for k in ("image_size", "crop_border", "teacher_epochs",
+                                                     "teacher_learning_rate", "teacher_weights", "batch_size", "seed")}
+            model, info, reused = store.load_or_train(
+                name, fingerprint, settings, lambda n=name: train_teacher(n, cfg, source, datasets)
+            )
+        log(f"teacher {name}: {info['params']:,} params, test accuracy {info['test_accuracy']:.3f} "
+            f"({'reused ' + info['path'] if reused else 'trained in %.0fs' % info['train_seconds']})")
+        teachers.append(model)
+        infos.append(info)
+    return teachers, infos
+
+
+def make_datasets(cfg: RunConfig, source: DatasetSource) -> dict:
+    return {
+        split: make_dataset(source.splits[split], cfg.image_size, cfg.batch_size,
+                            training=(split == "train"), seed=cfg.seed, crop_border=cfg.crop_border)
+        for split in ("train", "val", "test")
+    }
+
+
+def run(cfg: RunConfig) -> dict:
+    """Runs the whole job and returns metrics.json's content."""
+    start = time.time()
+    run_dir = cfg.output_dir
+    os.makedirs(run_dir, exist_ok=True)
+    io.write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
+    keras.utils.set_random_seed(cfg.seed)
+
+    source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.seed, cfg.image_size)
+    sizes = {k: len(v) for k, v in source.splits.items()}
+    log(f"data {source.name}: {source.num_classes} classes, {sizes} images ({time.time() - start:.0f}s)")
+    datasets = make_datasets(cfg, source)
+
+    teachers, teacher_infos = obtain_teachers(cfg, source, datasets)
+
+    keras.utils.set_random_seed(cfg.seed)
+    student = build_student(source.num_classes, cfg.image_size)
+    losses = build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads, cfg.loss_weights)
+    distiller = Distiller(student, teachers, losses, student_loss_weight=cfg.ce_weight)
+    distiller.compile(optimizer=_optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])), metrics=["accuracy"])
+    callbacks = [
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+    ]
+    train_ds = datasets["train"]
+    if teachers and losses and cfg.teacher_cache != "off":
+        train_ds = cached_training_data(cfg, source, distiller)
+    t0 = time.time()
+    distiller.fit(train_ds, validation_data=datasets["val"], epochs=cfg.epochs,
+                  callbacks=callbacks, shuffle=False, verbose=_verbose(cfg))
+    log(f"student (--kd={cfg.kd}{', --fusion=' + cfg.fusion if 'relation' in cfg.kd else ''}) "
+        f"trained in {time.time() - t0:.0f}s")
+    io.save_model(student, os.path.join(run_dir, "student.keras"))
+
+    metrics = evaluate_student(student, datasets["test"], source, run_dir)
+    metrics["student"]["params"] = trainable_param_count(student)
+    metrics["teachers"] = teacher_infos
+    metrics["config"] = {"kd": cfg.kd, "fusion": cfg.fusion, "dataset": cfg.dataset, "seed": cfg.seed}
+    io.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    log(f"student test accuracy {metrics['student']['accuracy']:.3f}, macro F1 "
+        f"{metrics['student']['macro_f1']:.3f}, MCC {metrics['student']['mcc']:.3f}")
+
+    if cfg.export:
+        from keras_endokd.deploy.export import export_run
+
+        export_run(run_dir, source=source, teachers=teachers, cfg=cfg)
+    log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")
+    return metrics
+
+
+def cached_training_data(cfg: RunConfig, source: DatasetSource, distiller: Distiller):
+    """The training batches with precomputed teacher outputs (see distill.teacher_cache)."""
+    t0 = time.time()
+    key = cache_key(distiller.teachers, data_fingerprint(source, ("train",)), distiller.teacher_taps,
+                    **{k: getattr(cfg, k) for k in ("image_size", "crop_border", "seed", "teacher_views")})
+    cache = TeacherCache.build(
+        source.splits["train"], distiller.teacher_tap_models, cfg.image_size, num_views=cfg.teacher_views,
+        seed=cfg.seed, crop_border=cfg.crop_border, mode=cfg.teacher_cache,
+        folder=os.path.join(cfg.resolved_teacher_dir(), "cache", key),
+    )
+    where = f"on disk at {cache.folder}" if cache.folder else "in memory"
+    log(f"teacher cache: {cache.num_views} views x {len(cache.labels)} images, "
+        f"{cache.nbytes / 2**20:.0f} MiB {where} ({time.time() - t0:.0f}s)")
+    return cache.dataset(cfg.batch_size, cfg.seed)
+
+
+def evaluate_student(student: keras.Model, test_ds, source: DatasetSource, run_dir: str, prefix: str = "") -> dict:
+    """Test-split metrics (metrics.json's `student` entry) and the confusion-matrix PNG."""
+    predictions = predict_labels(student, test_ds)
+    scores = classification_metrics(source.splits["test"].labels, predictions, source.class_names)
+    plot_confusion_matrix(scores["confusion_matrix"], source.class_names,
+                          os.path.join(run_dir, f"{prefix}confusion_matrix.png"),
+                          title=f"student, test accuracy {scores['accuracy']:.3f}")
+    return {"student": scores, "dataset": source.describe()}
+
+
+def load_config(run_dir: str) -> RunConfig:
+    with open(os.path.join(run_dir, "config.json")) as f:
+        raw = json.load(f)
+    raw["teachers"] = tuple(raw.get("teachers", DEFAULT_TEACHERS))
+    return RunConfig(**raw)

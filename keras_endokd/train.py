@@ -1,0 +1,141 @@
+"""python -m keras_endokd.train: distil a student from teachers, evaluate it and export it.
+
+With no flags it runs on the embedded synthetic dataset: trains three small teachers (or reuses
+them from an earlier run), distils the student with --kd=relation (multi-head-attention fusion of
+the teachers), writes metrics and the deployment files into --output_dir.
+
+    python -m keras_endokd.train --kd=relation
+    python -m keras_endokd.train --kd=none               # the student alone: the baseline
+    python -m keras_endokd.train --kd=response,feature --teachers=resnet50,densenet121 \\
+        --teacher_weights=imagenet --dataset=kvasir_v2 --data_dir=/data/kvasir-dataset-v2
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the progress lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("kd", "relation", "Distillation: none | response | feature | relation (or "
+                    "fitnets | attention_transfer | rkd), comma-separated to combine, e.g. response,relation.")
+flags.DEFINE_enum("fusion", "attention", ["attention", "mean", "confidence"],
+                  "How --kd=relation fuses the teachers: multi-head attention, the mean (AVER), or "
+                  "confidence-weighted by each teacher's loss on the label (CA-MKD).")
+flags.DEFINE_integer("heads", 4, "Attention heads of the teacher fusion.")
+flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "kvasir_v2", "hyper_kvasir", "folder"],
+                  "Dataset: the embedded synthetic one, Kvasir-v2, Hyper-Kvasir labelled images, or "
+                  "any <root>/<class>/<image> folder.")
+flags.DEFINE_string("data_dir", None, "Dataset folder (not needed for --dataset=synthetic).")
+flags.DEFINE_string("split_file", None, "Hyper-Kvasir official split CSV (2_fold_split.csv or "
+                    "5_fold_split.csv); without it the folds are regenerated the official way.")
+flags.DEFINE_integer("fold", 0, "Held-out test fold of k-fold datasets (Kvasir-v2, Hyper-Kvasir).")
+flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.")
+flags.DEFINE_list("teachers", None, "Teachers: registry names (small_resnet, small_plaincnn, "
+                  "small_deepresnet, tiny_resnet, resnet50, densenet121, mobilenetv2, efficientnetb0) "
+                  "or paths of saved .keras teachers. Default: the three small teachers.")
+flags.DEFINE_string("teacher_weights", None, "Initial teacher weights: none (offline) or imagenet "
+                    "(keras.applications teachers; downloads).")
+flags.DEFINE_string("teacher_dir", None, "Where trained teachers are kept and reused "
+                    "(default: teachers/ beside --output_dir).")
+flags.DEFINE_integer("image_size", 128, "Square input size of student and teachers, in pixels.")
+flags.DEFINE_integer("epochs", 30, "Student epochs.")
+flags.DEFINE_integer("teacher_epochs", 20, "Epochs of each teacher trained here.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, cosine decay).")
+flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.")
+flags.DEFINE_float("temperature", 4.0, "Softening temperature of --kd=response.")
+flags.DEFINE_float("ce_weight", 1.0, "Weight of the student's cross-entropy on the labels.")
+for _term, _help in [
+    ("response", "Hinton KD"), ("feature", "FitNets hints"), ("attention", "attention transfer"),
+    ("relation", "matching the fused teacher target"), ("relation_rkd", "RKD against the fused target"),
+    ("fusion_ce", "the fusion head's cross-entropy"), ("rkd", "RKD against each teacher"),
+]:
+    flags.DEFINE_float(f"{_term}_weight", None, f"Weight of the {_help} term (loss_{_term}); "
+                       "default: the loss's own.")
+flags.DEFINE_integer("seed", 0, "Random seed (data split, initialisation, augmentation).")
+flags.DEFINE_string("output_dir", "runs/latest", "The run folder to write.")
+flags.DEFINE_enum("teacher_cache", "auto", ["auto", "memory", "disk", "off"],
+                  "Precompute the teachers' outputs on --teacher_views augmented views of each training "
+                  "image and reuse them every epoch: in memory, memory-mapped on disk (kept for later "
+                  "runs), auto (memory up to 2 GiB), or off (teachers run every step).")
+flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.")
+flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.")
+flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).")
+
+
+class UsageError(ValueError):
+    """A flag value that cannot work; printed as one paragraph, without a stack trace."""
+
+
+def config_from_flags():
+    from keras_endokd.distill.registry import parse_kd
+    from keras_endokd.models.teachers import DEFAULT_TEACHERS, TEACHER_NAMES
+    from keras_endokd.run import RunConfig
+
+    parse_kd(FLAGS.kd)
+    teachers = tuple(FLAGS.teachers or DEFAULT_TEACHERS)
+    for name in teachers:
+        if name.endswith(".keras"):
+            if not os.path.isfile(name):
+                raise UsageError(f"--teachers: the file '{name}' does not exist.")
+        elif name not in TEACHER_NAMES:
+            raise UsageError(f"--teachers: unknown teacher '{name}'; expected one of "
+                             f"{', '.join(TEACHER_NAMES)} or the path of a .keras file.")
+    if not 32 <= FLAGS.image_size <= 1024:
+        raise UsageError(f"--image_size={FLAGS.image_size} is impossible: the student needs 32 to 1024 pixels.")
+    if not 0.0 <= FLAGS.sparsity < 1.0:
+        raise UsageError(f"--sparsity={FLAGS.sparsity} is outside [0, 1).")
+    for name in ("epochs", "teacher_epochs", "batch_size", "heads", "teacher_views"):
+        if getattr(FLAGS, name) < 1:
+            raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
+    if FLAGS.teacher_weights not in (None, "none", "imagenet"):
+        raise UsageError(f"--teacher_weights must be none or imagenet, got {FLAGS.teacher_weights!r}.")
+    loss_weights = {
+        f"loss_{t}": getattr(FLAGS, f"{t}_weight")
+        for t in ("response", "feature", "attention", "relation", "relation_rkd", "fusion_ce", "rkd")
+        if getattr(FLAGS, f"{t}_weight") is not None
+    }
+    return RunConfig(
+        kd=FLAGS.kd, fusion=FLAGS.fusion, heads=FLAGS.heads, dataset=FLAGS.dataset,
+        data_dir=FLAGS.data_dir, split_file=FLAGS.split_file, fold=FLAGS.fold,
+        crop_border=FLAGS.crop_border, teachers=teachers,
+        teacher_weights=None if FLAGS.teacher_weights in (None, "none") else FLAGS.teacher_weights,
+        teacher_dir=FLAGS.teacher_dir, image_size=FLAGS.image_size, epochs=FLAGS.epochs,
+        teacher_epochs=FLAGS.teacher_epochs, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, teacher_learning_rate=FLAGS.teacher_learning_rate,
+        temperature=FLAGS.temperature, ce_weight=FLAGS.ce_weight, loss_weights=loss_weights,
+        seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
+        teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    from keras_endokd.data.source import DatasetLayoutError
+    from keras_endokd.run import run
+
+    try:
+        cfg = config_from_flags()
+    except ValueError as err:  # UsageError and the registries' own flag checks
+        return _fail(err)
+    try:
+        run(cfg)
+    except (DatasetLayoutError, FileNotFoundError) as err:
+        return _fail(err)
+    return 0
+
+
+def _fail(err) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,70 @@
+"""Teacher-output cache: same pixels for teacher and student, consistent outputs, safe reuse."""
+
+import numpy as np
+import pytest
+
+from keras_endokd.data.source import Split
+from keras_endokd.distill.distiller import Distiller
+from keras_endokd.distill.registry import build_losses
+from keras_endokd.distill.teacher_cache import TeacherCache, cache_key
+from keras_endokd.models.student import build_student
+from keras_endokd.models.teachers import build_teacher
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 3, 40), images=rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8))
+    distiller = Distiller(build_student(3, 32), [build_teacher("tiny_resnet", 3, 32)],
+                          build_losses("response,relation", heads=2))
+    distiller.compile("adam")
+    return split, distiller
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_cached_outputs_are_the_teachers_outputs_on_the_same_view(setup, mode, tmp_path):
+    split, d = setup
+    cache = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=3, mode=mode, folder=str(tmp_path / "c"))
+    assert cache.views.shape == (3, 40, 32, 32, 3) and cache.views.dtype == np.uint8
+    assert (cache.folder is not None) == (mode == "disk")
+    x, y = next(iter(cache.dataset(8, seed=0)))
+    live = d.teacher_tap_models[0](x["image"], training=False)
+    for tap in ("logits", "feat_3"):
+        np.testing.assert_allclose(x["teachers"][0][tap].numpy(), live[tap].numpy(), atol=2e-2, rtol=1e-2)
+    # every image appears once per epoch, with its own label
+    labels = np.concatenate([b[1].numpy() for b in cache.dataset(8, seed=0)])
+    assert sorted(labels.tolist()) == sorted(split.labels.tolist())
+    # views differ from each other (augmentation) but each is one of the stored views
+    assert not np.array_equal(cache.views[0], cache.views[1])
+
+
+def test_disk_cache_is_reopened_not_rebuilt_and_partial_builds_are_discarded(setup, tmp_path):
+    split, d = setup
+    folder = str(tmp_path / "c")
+    first = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="disk", folder=folder)
+    first.views[0, 0, 0, 0, 0] ^= 1  # mark the stored file: a rebuild would overwrite it
+    first.views.flush()
+    marked = int(first.views[0, 0, 0, 0, 0])
+    again = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="disk", folder=folder)
+    assert int(again.views[0, 0, 0, 0, 0]) == marked
+    (tmp_path / "c" / "complete.json").unlink()  # as if the build had been killed
+    rebuilt = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="disk", folder=folder)
+    assert int(rebuilt.views[0, 0, 0, 0, 0]) != marked
+
+
+def test_cache_key_changes_with_teachers_data_and_settings(setup):
+    _, d = setup
+    base = cache_key(d.teachers, "data", ["logits"], image_size=32)
+    assert base == cache_key(d.teachers, "data", ["logits"], image_size=32)
+    assert base != cache_key(d.teachers, "other", ["logits"], image_size=32)
+    assert base != cache_key(d.teachers, "data", ["logits", "feat_3"], image_size=32)
+    assert base != cache_key(d.teachers, "data", ["logits"], image_size=64)
+    other = build_teacher("tiny_resnet", 3, 32)
+    assert base != cache_key([other], "data", ["logits"], image_size=32)
+
+
+def test_distillation_trains_from_the_cache(setup):
+    split, d = setup
+    cache = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="memory")
+    history = d.fit(cache.dataset(8), epochs=3, verbose=0).history
+    assert "loss_response" in history and history["loss"][-1] < history["loss"][0]
