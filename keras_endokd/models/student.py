@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_endokd.models.taps import FEATURE_TAPS, LOGITS
+from keras_endokd.models.taps import BN_MOMENTUM, FEATURE_TAPS, LOGITS
 
 # (depthwise stride, pointwise filters, tap name or None), after the stem.
 _BLOCKS = (
@@ -51,7 +51,7 @@ _STEM_FILTERS = 16
 
 def _conv_bn_relu(x, layer, name):
     x = layer(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(max_value=6.0, name=f"{name}_relu")(x)
 
 
@@ -63,6 +63,13 @@ def build_student(
     Feature taps (`feat_1`, `feat_2`, `feat_3`: strides 4, 8 and 16) are named identity layers,
     so a distiller reads them with `model.get_layer(name).output` in the same forward pass.
     """
+    return separable_cnn(num_classes, image_size, width=1.0, dropout=dropout, name=name)
+
+
+def separable_cnn(
+    num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.2, name: str = "student"
+) -> keras.Model:
+    """The student's architecture with every layer `width` times as wide (teachers use 2-3x)."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
     if image_size < 32:
@@ -71,10 +78,11 @@ def build_student(
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(inputs)
     x = _conv_bn_relu(
         x,
-        keras.layers.Conv2D(_STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv"),
+        keras.layers.Conv2D(round(_STEM_FILTERS * width), 3, strides=2, padding="same", use_bias=False, name="stem_conv"),
         "stem",
     )
     for i, (stride, filters, tap) in enumerate(_BLOCKS, start=1):
+        filters = round(filters * width)
         x = _conv_bn_relu(
             x,
             keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"block{i}_dw"),

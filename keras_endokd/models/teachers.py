@@ -4,9 +4,13 @@ Two kinds live here:
 - `keras.applications` backbones (ResNet50, DenseNet121, MobileNetV2, EfficientNetB0): the
   teachers a real study uses. `weights=None` builds them offline; `weights="imagenet"` downloads
   ImageNet weights when a user asks for them.
-- small CNNs (`small_resnet`, `small_plaincnn`, `small_deepresnet`, and `tiny_resnet` for tests):
-  0.3-1M parameters, ten to twenty times the student, but cheap enough that three of them train
-  on 2 CPU cores in minutes. They are the embedded default's teachers.
+- `mobile_x2`, `mobile_x3`: the student's own depthwise-separable design, two and three times as
+  wide (0.2M and 0.45M parameters). Measured on the synthetic data, they learn as fast as the
+  student per epoch, where plain residual CNNs of the same size lag far behind (a 0.49M-parameter
+  `small_resnet` reached 74% test accuracy in 20 epochs; `mobile_x2.5` 87% in 15). They are the
+  embedded default's teachers: two of them train on 2 CPU cores in about three minutes.
+- small residual/plain CNNs (`small_resnet`, `small_plaincnn`, `small_deepresnet`, and
+  `tiny_resnet` for tests): heterogeneous architectures for fusion experiments.
 
 Every teacher takes raw RGB pixels in [0, 255] (like the student) and applies its own
 normalization, exposes `feat_1`, `feat_2`, `feat_3` (increasing stride) and outputs `logits`.
@@ -21,7 +25,8 @@ from typing import Callable, Optional
 import keras
 
 from keras_endokd.models.preprocess import ImageNetPreprocess
-from keras_endokd.models.taps import FEATURE_TAPS, LOGITS, tap_model
+from keras_endokd.models.student import separable_cnn
+from keras_endokd.models.taps import BN_MOMENTUM, FEATURE_TAPS, LOGITS, tap_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +70,11 @@ _SMALL = {
     "tiny_resnet": _SmallCNN(width=4, residual=True, blocks_per_stage=1),
 }
 
-TEACHER_NAMES = tuple(sorted((*_APPLICATIONS, *_SMALL)))
-DEFAULT_TEACHERS = ("small_resnet", "small_plaincnn", "small_deepresnet")
+# Wider versions of the student's own architecture: width multiplier.
+_MOBILE = {"mobile_x2": 2.0, "mobile_x3": 3.0}
+
+TEACHER_NAMES = tuple(sorted((*_APPLICATIONS, *_SMALL, *_MOBILE)))
+DEFAULT_TEACHERS = ("mobile_x3", "mobile_x2")
 
 
 def build_teacher(
@@ -82,6 +90,10 @@ def build_teacher(
     """
     if name.endswith(".keras") or os.path.sep in name:
         return load_teacher(name, num_classes=num_classes, image_size=image_size)
+    if name in _MOBILE:
+        if weights not in (None,):
+            raise ValueError(f"Teacher '{name}' is built from scratch; weights must be None.")
+        return separable_cnn(num_classes, image_size, width=_MOBILE[name], dropout=0.3, name=f"teacher_{name}")
     if name not in _APPLICATIONS and name not in _SMALL:
         raise ValueError(
             f"Unknown teacher '{name}'. Expected one of {', '.join(TEACHER_NAMES)}, "
@@ -166,5 +178,5 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True):
     x = keras.layers.Conv2D(
         filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x

@@ -1,0 +1,129 @@
+"""python -m keras_endokd.export: a trained run's student -> pruned, int8 TFLite deployment files.
+
+Reads the run folder that `python -m keras_endokd.train` wrote (config.json, student.keras),
+reuses its stored teachers for distillation while pruning, and writes the files listed in
+`keras_endokd.deploy.export` into the same folder.
+
+    python -m keras_endokd.export --run_dir=runs/latest
+    python -m keras_endokd.export --run_dir=runs/latest --sparsity=0.8 --qat
+    python -m keras_endokd.export --run_dir=runs/latest --sparsity=0      # no pruning
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+from absl import flags
+
+# Flags live in this module's own FlagValues: the CLIs define flags of the same name
+# (--model, --dataset), and tests import several of them into one process.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("run_dir", None, "The run folder written by keras_endokd.train.",
+                    flag_values=FLAGS)
+flags.DEFINE_float("sparsity", None, "Target pruning sparsity in [0, 1); 0 skips pruning. "
+                   "Default: the run's --sparsity.", flag_values=FLAGS)
+flags.DEFINE_boolean("qat", False, "Quantization-aware training (pruning-preserving) before "
+                     "the int8 conversion, instead of post-training quantization alone.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("fine_tune_epochs", 3, "Epochs of fine-tuning while pruning (and of QAT).",
+                     flag_values=FLAGS)
+flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each .tflite model with its "
+                   "Keras model on the test split; below it the export fails.", flag_values=FLAGS)
+
+
+class UsageError(ValueError):
+    """A flag value that cannot work; printed as one paragraph, without a stack trace."""
+
+
+def _run_folder(run_dir) -> str:
+    if not run_dir:
+        raise UsageError("--run_dir is required: the folder python -m keras_endokd.train wrote.")
+    if not os.path.isdir(run_dir):
+        raise UsageError(f"--run_dir={run_dir}: no such folder.")
+    if not os.path.isfile(os.path.join(run_dir, "student.keras")):
+        raise UsageError(f"{run_dir} has no student.keras: run python -m keras_endokd.train "
+                         f"--output_dir={run_dir} first.")
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise UsageError(f"{run_dir} has no config.json: it is not a run folder written by "
+                         "python -m keras_endokd.train.")
+    return run_dir
+
+
+def check_flags() -> str:
+    """Validates the flags before anything heavy is imported; returns the run folder."""
+    run_dir = _run_folder(FLAGS.run_dir)
+    if FLAGS.sparsity is not None and not 0.0 <= FLAGS.sparsity < 1.0:
+        raise UsageError(f"--sparsity={FLAGS.sparsity} is outside [0, 1).")
+    if FLAGS.fine_tune_epochs < 1:
+        raise UsageError(f"--fine_tune_epochs must be at least 1, got {FLAGS.fine_tune_epochs}.")
+    if not 0.0 <= FLAGS.min_agreement <= 1.0:
+        raise UsageError(f"--min_agreement={FLAGS.min_agreement} is outside [0, 1].")
+    return run_dir
+
+
+def export(argv) -> dict:
+    """Runs the export the flags describe; returns export_report.json's content."""
+    run_dir = check_flags()
+
+    import keras
+
+    from keras_endokd.data import load_dataset
+    from keras_endokd.deploy.export import export_student
+    from keras_endokd.run import load_config, log, make_datasets, obtain_teachers
+
+    cfg = load_config(run_dir)
+    # Where the run folder is now, not where it was trained from: the teachers are found beside it.
+    cfg = dataclasses.replace(cfg, output_dir=run_dir)
+    sparsity = cfg.sparsity if FLAGS.sparsity is None else FLAGS.sparsity
+    student = keras.saving.load_model(os.path.join(run_dir, "student.keras"), safe_mode=True)
+    source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.seed,
+                          cfg.image_size)
+    log(f"export {run_dir}: dataset {source.name}, sparsity {sparsity}, qat {FLAGS.qat}")
+    teachers, _ = obtain_teachers(cfg, source, make_datasets(cfg, source))
+    return export_student(
+        run_dir, student, source, teachers, image_size=cfg.image_size, sparsity=sparsity,
+        temperature=cfg.temperature, qat=FLAGS.qat, seed=cfg.seed, batch_size=cfg.batch_size,
+        crop_border=cfg.crop_border, fine_tune_epochs=FLAGS.fine_tune_epochs,
+        min_agreement=FLAGS.min_agreement,
+        command=" ".join(["python -m keras_endokd.export", *argv[1:]]))
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(__doc__ + "\n" + FLAGS.get_help(include_special_flags=False))
+        return 0
+    FLAGS.unparse_flags()  # main() may run several times in one process (tests)
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as err:
+        return _fail(err)
+    if len(rest) > 1:
+        return _fail(f"unexpected arguments {rest[1:]}; every setting is a --flag.")
+    try:
+        check_flags()
+    except UsageError as err:
+        return _fail(err)
+    from keras_endokd.data.source import DatasetLayoutError
+    from keras_endokd.deploy.export import ExportCheckError
+
+    try:
+        export(argv)
+    except (UsageError, DatasetLayoutError, FileNotFoundError) as err:
+        return _fail(err)
+    except ExportCheckError as err:
+        print(f"error: {err} (details in {os.path.join(FLAGS.run_dir, 'export_report.json')})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fail(err) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

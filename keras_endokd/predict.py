@@ -1,0 +1,218 @@
+"""python -m keras_endokd.predict: classify image files with a saved student, Keras or TFLite.
+
+    python -m keras_endokd.predict --model=runs/latest/student.keras frame1.jpg frame2.png
+    python -m keras_endokd.predict --model=runs/latest/student_int8.tflite frames/*.jpg
+
+Prints one JSON line per image: {"image": path, "top3": [{"class": name, "probability": p}, ...]}
+(an image that cannot be read gives {"image": path, "error": why}, the others go on, and the
+exit code is 1). Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
+through THE training preprocessing (`keras_endokd.data.pipeline`): decode, optional black-border
+crop, antialiased resize to the model's input size. Both model kinds see the same pixels.
+
+Class names: the .tflite metadata, else labels.txt beside the model, else --labels, else the
+class names in metrics.json beside the model, else class_0..class_N.
+Black-border crop: --crop_border when given, else the run's config.json beside the model, else off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from absl import flags
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "A .keras student or one of the exported .tflite models.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "Class names file, one per line (used when the model has no "
+                    "metadata and no labels.txt lies beside it).", flag_values=FLAGS)
+flags.DEFINE_boolean("crop_border", None, "Crop the endoscope's black border before resizing. "
+                     "Default: as the run was trained (config.json beside the model), else off.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", flag_values=FLAGS)
+
+
+class UsageError(ValueError):
+    """A flag value that cannot work; printed as one paragraph, without a stack trace."""
+
+
+def _read_lines(path) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _beside(model_path, name) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), name)
+
+
+def _run_config(model_path) -> dict:
+    path = _beside(model_path, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _metadata_labels(model_bytes):
+    from keras_endokd.deploy.metadata import read_associated_files, read_metadata
+
+    try:
+        outputs = read_metadata(model_bytes)["outputs"]
+    except ValueError:  # no metadata
+        return None
+    files = read_associated_files(model_bytes)
+    for f in outputs[0]["associated_files"] if outputs else []:
+        if f["type"] == "TENSOR_AXIS_LABELS" and f["name"] in files:
+            return [l.strip() for l in files[f["name"]].decode("utf-8").splitlines() if l.strip()]
+    return None
+
+
+def class_names(model_path, num_classes, model_bytes=None, labels_flag=None) -> list:
+    """The model's class names (see the module docstring for where they come from)."""
+    candidates = []
+    if model_bytes is not None:
+        candidates.append(("the model's metadata", lambda: _metadata_labels(model_bytes)))
+    beside = _beside(model_path, "labels.txt")
+    candidates.append((beside, lambda: _read_lines(beside) if os.path.isfile(beside) else None))
+    if labels_flag:
+        if not os.path.isfile(labels_flag):
+            raise UsageError(f"--labels={labels_flag}: no such file.")
+        candidates.append((labels_flag, lambda: _read_lines(labels_flag)))
+    metrics = _beside(model_path, "metrics.json")
+
+    def from_metrics():
+        if not os.path.isfile(metrics):
+            return None
+        with open(metrics) as f:
+            return json.load(f).get("student", {}).get("class_names")
+
+    candidates.append((metrics, from_metrics))
+    for where, read in candidates:
+        names = read()
+        if names is None:
+            continue
+        if len(names) != num_classes:
+            raise UsageError(f"{where} names {len(names)} classes but the model outputs "
+                             f"{num_classes}.")
+        return list(names)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+class Predictor:
+    """A .keras or .tflite student: `probabilities(image uint8 [S, S, 3]) -> float [C]`."""
+
+    def __init__(self, path):
+        if not os.path.isfile(path):
+            raise UsageError(f"--model={path}: no such file.")
+        self.path = path
+        self.model_bytes = None
+        if path.endswith(".tflite"):
+            from keras_endokd.deploy.litert import TFLiteModel
+
+            try:
+                self.model = TFLiteModel(path)
+            except ValueError as err:
+                raise UsageError(f"--model={path} is not a TFLite model: {err}") from None
+            self.model_bytes = self.model.model_bytes
+            height, width = self.model.input_size
+            self.num_classes = int(self.model.output_details[0]["shape"][-1])
+            self._run = lambda x: self.model.predict(x)[0]
+        elif path.endswith(".keras"):
+            import keras
+
+            self.model = keras.saving.load_model(path, safe_mode=True)
+            height, width = self.model.input_shape[1:3]
+            self.num_classes = int(self.model.output_shape[-1])
+            outputs_probabilities = isinstance(self.model.layers[-1], keras.layers.Softmax)
+
+            def run(x):
+                y = self.model(x, training=False)
+                return keras.ops.convert_to_numpy(y if outputs_probabilities
+                                                  else keras.ops.softmax(y, axis=-1))[0]
+
+            self._run = run
+        else:
+            raise UsageError(f"--model={path} must be a .keras student or a .tflite model.")
+        if height != width:
+            raise UsageError(f"--model={path} takes {height}x{width} images; the students are square.")
+        self.image_size = int(height)
+
+    def probabilities(self, image):
+        import numpy as np
+
+        return self._run(np.asarray(image, np.float32)[None])
+
+
+def load_image(path, image_size, crop_border):
+    """THE preprocessing of a file: uint8 [S, S, 3]; ValueError naming the file if unreadable."""
+    import tensorflow as tf
+
+    from keras_endokd.data.pipeline import decode_image, preprocess_image
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"cannot read the file ({err.strerror or err})") from None
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        return preprocess_image(decode_image(tf.constant(data)), image_size, crop_border).numpy()
+    except tf.errors.OpError as err:
+        # TensorFlow's message, without the "{{function_node ...}}" prefix and "[Op:...]" suffix.
+        why = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", err.message.splitlines()[0]).strip()
+        raise ValueError(f"not an image TensorFlow can decode: {why}") from None
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(__doc__ + "\n" + FLAGS.get_help(include_special_flags=False))
+        return 0
+    FLAGS.unparse_flags()
+    try:
+        images = FLAGS(argv)[1:]
+    except flags.Error as err:
+        return _fail(err)
+    try:
+        if not FLAGS.model:
+            raise UsageError("--model is required: a .keras student or a .tflite model.")
+        if not images:
+            raise UsageError("give at least one image file after the flags.")
+        if FLAGS.top_k < 1:
+            raise UsageError(f"--top_k must be at least 1, got {FLAGS.top_k}.")
+        predictor = Predictor(FLAGS.model)
+        names = class_names(FLAGS.model, predictor.num_classes, predictor.model_bytes,
+                            FLAGS.labels)
+    except UsageError as err:
+        return _fail(err)
+    trained_crop = _run_config(FLAGS.model).get("crop_border")
+    crop = FLAGS.crop_border if FLAGS.crop_border is not None else bool(trained_crop)
+    if FLAGS.crop_border is not None and trained_crop is not None and crop != trained_crop:
+        print(f"warning: --crop_border={crop} but the model was trained with "
+              f"crop_border={trained_crop}", file=sys.stderr)
+    failures = 0
+    for path in images:
+        try:
+            image = load_image(path, predictor.image_size, crop)
+        except ValueError as err:
+            failures += 1
+            print(f"error: {path}: {err}", file=sys.stderr)
+            print(json.dumps({"image": path, "error": str(err)}), flush=True)
+            continue
+        p = predictor.probabilities(image)
+        order = sorted(range(len(p)), key=lambda i: -float(p[i]))[:FLAGS.top_k]
+        top = [{"class": names[i], "probability": round(float(p[i]), 6)} for i in order]
+        print(json.dumps({"image": path, f"top{FLAGS.top_k}": top}), flush=True)
+    return 1 if failures else 0
+
+
+def _fail(err) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

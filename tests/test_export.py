@@ -1,0 +1,353 @@
+"""Deployment: tf_keras twin, pruning, int8 conversion, metadata, C array, and the CLIs.
+
+A tiny colour-coded dataset (4 classes, 48x48) and a student trained on it for a few epochs stand
+in for a real run; the end-to-end export runs once per module and the tests read its files.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_endokd.data.source import DatasetSource, Split
+from keras_endokd.deploy import metadata, micro, twin
+from keras_endokd.deploy.litert import TFLiteModel, tensor_types
+from keras_endokd.deploy.prune import fine_tune_steps, kernel_sparsity
+from keras_endokd.models.student import build_student
+
+SIZE = 48
+CLASSES = ("blue", "green", "red", "yellow")  # sorted, as an image folder's classes are
+COLOURS = np.array([[40, 60, 210], [40, 200, 50], [210, 40, 40], [210, 200, 40]], np.float32)
+EXPECTED_FILES = {
+    "student_pruned.keras", "student_float32.tflite", "student_int8.tflite",
+    "student_android.tflite", "labels.txt", "model_data.cc", "model_data.h",
+    "micro_op_resolver.h", "model_card.json", "export_report.json",
+}
+
+
+def _split(n, seed, size=SIZE):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(CLASSES)
+    images = COLOURS[labels][:, None, None, :] + rng.normal(0, 35, (n, size, size, 3))
+    return Split(labels, images=np.clip(images, 0, 255).astype(np.uint8))
+
+
+def _frame(colour, width, height, border=0, seed=0):
+    """An RGB frame of one class colour; `border` pixels of black around it (endoscope surround)."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width, 3), np.float32)
+    image[border:height - border, border:width - border] = colour + rng.normal(
+        0, 25, (height - 2 * border, width - 2 * border, 3))
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def _bn_momentum(model, momentum):
+    # A few dozen steps leave BatchNorm's moving statistics (momentum 0.99) far from the data's:
+    # the student would predict one class at inference. Real runs train for hundreds of steps.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+@pytest.fixture(scope="module")
+def source():
+    return DatasetSource("toy_colours", CLASSES, {
+        "train": _split(192, 1), "val": _split(32, 2), "test": _split(64, 3)})
+
+
+@pytest.fixture(scope="module")
+def student(source):
+    keras.utils.set_random_seed(0)
+    model = build_student(len(CLASSES), SIZE)
+    _bn_momentum(model, 0.8)
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    train = source.splits["train"]
+    model.fit(train.images.astype(np.float32), train.labels, batch_size=32, epochs=4, verbose=0)
+    _bn_momentum(model, 0.99)
+    test = source.splits["test"]
+    accuracy = np.mean(np.argmax(model.predict(test.images.astype(np.float32), verbose=0), -1)
+                       == test.labels)
+    assert accuracy > 0.6, f"the toy student did not learn (test accuracy {accuracy:.2f})"
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, student, source):
+    from keras_endokd.deploy.export import export_student
+
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    keras.utils.set_random_seed(0)
+    teacher = keras.models.clone_model(student)  # a stand-in teacher: exercises the KD loss
+    teacher.set_weights(student.get_weights())
+    report = export_student(run_dir, student, source, [teacher], image_size=SIZE, sparsity=0.5,
+                            fine_tune_epochs=1, batch_size=32, min_agreement=0.9,
+                            command="pytest")
+    return run_dir, report
+
+
+def _read(run_dir, name):
+    with open(os.path.join(run_dir, name), "rb") as f:
+        return f.read()
+
+
+# ------------------------------------------------------------------------------------ twin
+def _randomized_batchnorm(model):
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([g * rng.uniform(0.5, 2, g.shape), b + rng.normal(0, 0.2, b.shape),
+                               m + rng.normal(0, 0.2, m.shape), v * rng.uniform(0.5, 2, v.shape)])
+
+
+def test_twin_is_exact_both_ways():
+    model = build_student(5, 32)
+    _randomized_batchnorm(model)
+    tfk = twin.to_tf_keras(model)
+    assert [l.name for l in tfk.layers] == [l.name for l in model.layers]
+    assert twin.max_output_difference(model, tfk) < 1e-5
+    back = twin.to_keras(tfk, model)
+    for a, b in zip(model.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert twin.max_output_difference(model, back) < 1e-5
+
+
+def test_twin_rejects_unknown_layers():
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.MaxPooling2D()(inputs)))
+    with pytest.raises(ValueError, match="MaxPooling2D"):
+        twin.to_tf_keras(keras.Model(inputs, outputs))
+
+
+def test_copy_weights_names_missing_layer():
+    a, b = build_student(4, 32), build_student(3, 32)
+    with pytest.raises(ValueError, match="logits"):
+        twin.copy_weights(a, b)  # Dense 104->4 does not fit 104->3
+
+
+@pytest.mark.parametrize("images,batch,epochs", [(192, 32, 1), (10, 64, 1), (1000, 64, 3)])
+def test_pruning_schedule_reaches_target_before_the_end(images, batch, epochs):
+    steps, end_step, frequency = fine_tune_steps(images, batch, epochs)
+    assert end_step % frequency == 0  # the last mask update lands on end_step
+    assert 1 <= end_step < steps * epochs
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_export_writes_every_file_and_no_temporaries(exported):
+    run_dir, report = exported
+    files = set(os.listdir(run_dir))
+    assert EXPECTED_FILES <= files
+    leftovers = [f for f in files if f.startswith(".") or f.endswith(".tmp")]
+    assert not leftovers
+    assert report["status"] == "ok" and set(report["files"]) == EXPECTED_FILES
+    card = json.loads(_read(run_dir, "model_card.json"))
+    assert card["input"]["format"] == f"RGB uint8 [1,{SIZE},{SIZE},3]"
+    assert card["classes"] == list(CLASSES)
+    assert card["trainable_params"] == 51_220  # 51,640 at 8 classes; 4 classes here
+    assert card["command"] == "pytest"
+    assert card["dataset"]["splits"]["train"]["total"] == 192
+    for name in ("student_int8.tflite", "student_android.tflite", "student_float32.tflite"):
+        assert card["files"][name]["bytes"] == len(_read(run_dir, name))
+        assert 0 < card["files"][name]["gzip_bytes"] < card["files"][name]["bytes"]
+    assert _read(run_dir, "labels.txt").decode().splitlines() == list(CLASSES)
+
+
+@pytest.mark.slow
+def test_pruning_reaches_target_sparsity(exported):
+    run_dir, report = exported
+    sparsity = report["prune"]["sparsity"]
+    assert abs(sparsity["pruned_layers"] - 0.5) < 0.01
+    for name, layer in sparsity["layers"].items():
+        if layer["pruned"]:
+            assert abs(layer["sparsity"] - 0.5) < 0.01, name
+        else:
+            assert name in ("stem_conv", "block1_dw") and layer["zeros"] == 0
+    pruned = keras.saving.load_model(os.path.join(run_dir, "student_pruned.keras"), safe_mode=True)
+    assert kernel_sparsity(pruned, skip=("stem_conv", "block1_dw"))["pruned_layers"] == \
+        sparsity["pruned_layers"]
+
+
+@pytest.mark.slow
+def test_integer_models_agree_with_the_keras_student(exported):
+    _, report = exported
+    checks = report["checks"]
+    assert checks["float32"]["agreement"] >= 0.99
+    assert checks["int8"]["agreement"] >= 0.95
+    assert checks["android"]["agreement"] >= 0.95
+    assert checks["int8"]["accuracy"] > 0.6
+
+
+@pytest.mark.slow
+def test_int8_model_is_a_microcontroller_model(exported):
+    run_dir, report = exported
+    int8 = _read(run_dir, "student_int8.tflite")
+    assert micro.unsupported_micro_ops(int8) == []
+    assert tensor_types(int8) == {"inputs": ["int8"], "outputs": ["int8"]}
+    scale, zero_point = TFLiteModel(int8).input_details["quantization"]
+    assert abs(scale - 1.0) < 1e-3 and zero_point == -128  # q = pixel - 128
+    assert micro.parse_c_array(_read(run_dir, "model_data.cc").decode()) == int8
+    header = _read(run_dir, "micro_op_resolver.h").decode()
+    assert "AddConv2D();" in header and "AddDepthwiseConv2D();" in header
+    assert report["micro"]["model_bytes"] == len(int8)
+
+
+@pytest.mark.slow
+def test_android_model_metadata_reads_back(exported):
+    run_dir, _ = exported
+    android = _read(run_dir, "student_android.tflite")
+    meta = metadata.read_metadata(android)
+    assert meta["inputs"][0]["normalization"] == {"mean": [0.0], "std": [1.0]}
+    assert meta["inputs"][0]["color_space"] == "RGB"
+    labels_file = meta["outputs"][0]["associated_files"][0]
+    assert labels_file["type"] == "TENSOR_AXIS_LABELS"
+    files = metadata.read_associated_files(android)
+    assert files[labels_file["name"]].decode().splitlines() == list(CLASSES)
+    assert tensor_types(android) == {"inputs": ["uint8"], "outputs": ["float32"]}
+    scale, zero_point = TFLiteModel(android).input_details["quantization"]
+    assert abs(scale - 1.0) < 1e-3 and zero_point == 0  # camera bytes go in as they are
+
+
+# -------------------------------------------------------------------------------- the CLIs
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Image files of several sizes and formats, one a 720x576 frame with a black border."""
+    folder = tmp_path_factory.mktemp("frames")
+    specs = [("blue.png", 0, 100, 80, 0, "PNG"), ("green.jpg", 1, 64, 64, 0, "JPEG"),
+             ("red_frame.jpg", 2, 720, 576, 60, "JPEG"), ("yellow.png", 3, 33, 47, 0, "PNG")]
+    paths = []
+    for name, label, width, height, border, fmt in specs:
+        path = str(folder / name)
+        _frame(COLOURS[label], width, height, border, seed=label).save(path, fmt)
+        paths.append(path)
+    return paths
+
+
+def _predict(capsys, model, images, *flags):
+    from keras_endokd import predict
+
+    code = predict.main(["predict", f"--model={model}", *flags, *images])
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+@pytest.mark.slow
+def test_predict_keras_and_tflite_agree(exported, frames, capsys):
+    run_dir, _ = exported
+    results = {}
+    for name in ("student_pruned.keras", "student_int8.tflite", "student_android.tflite"):
+        code, lines, err = _predict(capsys, os.path.join(run_dir, name), frames)
+        assert code == 0, err
+        assert [line["image"] for line in lines] == frames
+        for line in lines:
+            assert len(line["top3"]) == 3 and {t["class"] for t in line["top3"]} <= set(CLASSES)
+            probabilities = [t["probability"] for t in line["top3"]]
+            assert probabilities == sorted(probabilities, reverse=True)
+        results[name] = [line["top3"][0]["class"] for line in lines]
+    assert results["student_int8.tflite"] == results["student_pruned.keras"]
+    assert results["student_android.tflite"] == results["student_pruned.keras"]
+
+
+@pytest.mark.slow
+def test_predict_reports_bad_images_and_goes_on(exported, frames, tmp_path, capsys):
+    run_dir, _ = exported
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is not an image")
+    code, lines, err = _predict(capsys, os.path.join(run_dir, "student_int8.tflite"),
+                                [str(fake), frames[0]])
+    assert code == 1
+    assert str(fake) in err and "not an image" in err
+    assert lines[0]["image"] == str(fake) and "error" in lines[0]
+    assert "top3" in lines[1]
+
+
+def test_predict_missing_model_is_a_usage_error(tmp_path, capsys):
+    code, _, err = _predict(capsys, str(tmp_path / "nope.tflite"), ["x.jpg"])
+    assert code == 2 and "nope.tflite: no such file" in err
+
+
+def test_export_cli_usage_errors(tmp_path, capsys):
+    from keras_endokd import export
+
+    assert export.main(["export", f"--run_dir={tmp_path / 'missing'}"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert export.main(["export", f"--run_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "has no student.keras: run python -m keras_endokd.train" in err
+    assert "Traceback" not in err
+    (tmp_path / "student.keras").write_bytes(b"")
+    (tmp_path / "config.json").write_text("{}")
+    assert export.main(["export", f"--run_dir={tmp_path}", "--sparsity=1.0"]) == 2
+    assert "outside [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_an_image_folder(exported, tmp_path, capsys):
+    from keras_endokd import evaluate
+
+    run_dir, _ = exported
+    for label, name in enumerate(CLASSES):
+        os.makedirs(tmp_path / "data" / name)
+        for i in range(10):
+            _frame(COLOURS[label], 60, 50, seed=i).save(tmp_path / "data" / name / f"{i}.png")
+    for model in ("student_int8.tflite", "student_pruned.keras"):
+        out = tmp_path / f"eval_{model}"
+        code = evaluate.main(["evaluate", f"--model={os.path.join(run_dir, model)}",
+                              "--dataset=folder", f"--data_dir={tmp_path / 'data'}",
+                              f"--output_dir={out}"])
+        assert code == 0, capsys.readouterr().err
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["student"]["num_images"] == 8  # 20% of 10 per class
+        assert metrics["student"]["class_names"] == list(CLASSES)
+        assert metrics["student"]["accuracy"] > 0.5
+        assert (out / "confusion_matrix.png").stat().st_size > 0
+    os.rename(tmp_path / "data" / "blue", tmp_path / "data" / "zz_blue")  # classes out of order
+    code = evaluate.main(["evaluate", f"--model={os.path.join(run_dir, 'student_int8.tflite')}",
+                          "--dataset=folder", f"--data_dir={tmp_path / 'data'}",
+                          f"--output_dir={tmp_path / 'eval_bad'}"])
+    assert code == 2 and "are not dataset 'folder''s" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_failed_check_raises_and_writes_no_model(tmp_path, student, source):
+    from keras_endokd.deploy.export import ExportCheckError, export_student
+
+    with pytest.raises(ExportCheckError, match="agrees with its Keras model"):
+        export_student(str(tmp_path), student, source, image_size=SIZE, sparsity=0.0,
+                       min_agreement=1.01)
+    assert not any(f.endswith(".tflite") for f in os.listdir(tmp_path))
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["status"] == "failed" and "ExportCheckError" in report["error"]
+
+
+@pytest.mark.slow
+def test_quantization_aware_training_keeps_sparsity(tmp_path, student, source):
+    from keras_endokd.deploy.export import export_student
+
+    report = export_student(str(tmp_path), student, source, image_size=SIZE, sparsity=0.5,
+                            qat=True, fine_tune_epochs=1, batch_size=32, min_agreement=0.9)
+    assert report["checks"]["int8"]["agreement_with"] == "qat"
+    assert report["checks"]["int8"]["agreement"] >= 0.9
+    assert abs(report["qat"]["sparsity"]["pruned_layers"] - 0.5) < 0.01
+
+
+@pytest.mark.slow
+def test_qat_conversion_keeps_the_trained_ranges():
+    from keras_endokd.deploy import convert, quantize
+
+    keras.utils.set_random_seed(0)
+    train = _split(64, 4, size=32)
+    model = quantize.quantization_aware_training(build_student(len(CLASSES), 32), train,
+                                                 image_size=32, epochs=1, batch_size=32)
+    images = train.images[:16].astype(np.float32)
+    # The representative images only get past TF 2.21's check: two very different sets give the
+    # same integer model, calibrated by the QAT ranges.
+    a = convert.to_tflite(model, images, "int8", "int8")
+    b = convert.to_tflite(model, np.full_like(images, 7.0), "int8", "int8")
+    np.testing.assert_array_equal(TFLiteModel(a).predict(images), TFLiteModel(b).predict(images))
+    q = convert.check_pixel_input(a)
+    assert q["dtype"] == "int8" and abs(q["scale"] - 1) < 1e-3 and q["zero_point"] == -128
