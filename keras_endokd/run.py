@@ -53,9 +53,9 @@ class RunConfig:
     teacher_weights: Optional[str] = None
     teacher_dir: Optional[str] = None
     image_size: int = 128
-    epochs: int = 30
-    teacher_epochs: int = 20
-    batch_size: int = 64
+    epochs: int = 20
+    teacher_epochs: int = 12
+    batch_size: int = 32
     learning_rate: float = 3e-3
     teacher_learning_rate: float = 2e-3
     temperature: float = 4.0
@@ -67,6 +67,7 @@ class RunConfig:
     teacher_views: int = 4
     export: bool = True
     sparsity: float = 0.5
+    min_agreement: float = 0.99
     verbose: Optional[int] = None
 
     def resolved_teacher_dir(self) -> str:
@@ -186,9 +187,12 @@ def run(cfg: RunConfig) -> dict:
         f"{metrics['student']['macro_f1']:.3f}, MCC {metrics['student']['mcc']:.3f}")
 
     if cfg.export:
-        from keras_endokd.deploy.export import export_run
+        from keras_endokd.deploy.export import export_student
 
-        export_run(run_dir, source=source, teachers=teachers, cfg=cfg)
+        export_student(run_dir, student, source, teachers, image_size=cfg.image_size,
+                       sparsity=cfg.sparsity, temperature=cfg.temperature, seed=cfg.seed,
+                       batch_size=cfg.batch_size, crop_border=cfg.crop_border,
+                       min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
     log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")
     return metrics
 

@@ -36,17 +36,17 @@ flags.DEFINE_string("split_file", None, "Hyper-Kvasir official split CSV (2_fold
                     "5_fold_split.csv); without it the folds are regenerated the official way.")
 flags.DEFINE_integer("fold", 0, "Held-out test fold of k-fold datasets (Kvasir-v2, Hyper-Kvasir).")
 flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.")
-flags.DEFINE_list("teachers", None, "Teachers: registry names (small_resnet, small_plaincnn, "
+flags.DEFINE_list("teachers", None, "Teachers: registry names (mobile_x3, mobile_x2, small_resnet, small_plaincnn, "
                   "small_deepresnet, tiny_resnet, resnet50, densenet121, mobilenetv2, efficientnetb0) "
-                  "or paths of saved .keras teachers. Default: the three small teachers.")
+                  "or paths of saved .keras teachers. Default: mobile_x3,mobile_x2.")
 flags.DEFINE_string("teacher_weights", None, "Initial teacher weights: none (offline) or imagenet "
                     "(keras.applications teachers; downloads).")
 flags.DEFINE_string("teacher_dir", None, "Where trained teachers are kept and reused "
                     "(default: teachers/ beside --output_dir).")
 flags.DEFINE_integer("image_size", 128, "Square input size of student and teachers, in pixels.")
-flags.DEFINE_integer("epochs", 30, "Student epochs.")
-flags.DEFINE_integer("teacher_epochs", 20, "Epochs of each teacher trained here.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("epochs", 20, "Student epochs.")
+flags.DEFINE_integer("teacher_epochs", 12, "Epochs of each teacher trained here.")
+flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, cosine decay).")
 flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.")
 flags.DEFINE_float("temperature", 4.0, "Softening temperature of --kd=response.")
@@ -67,6 +67,8 @@ flags.DEFINE_enum("teacher_cache", "auto", ["auto", "memory", "disk", "off"],
 flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.")
 flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.")
 flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).")
+flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each exported .tflite model with "
+                   "the Keras student on the test split; below it the export fails.")
 
 
 class UsageError(ValueError):
@@ -112,6 +114,7 @@ def config_from_flags():
         temperature=FLAGS.temperature, ce_weight=FLAGS.ce_weight, loss_weights=loss_weights,
         seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
         teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
+        min_agreement=FLAGS.min_agreement,
     )
 
 
@@ -119,6 +122,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
     from keras_endokd.data.source import DatasetLayoutError
+    from keras_endokd.deploy.export import ExportCheckError
     from keras_endokd.run import run
 
     try:
@@ -129,6 +133,9 @@ def main(argv):
         run(cfg)
     except (DatasetLayoutError, FileNotFoundError) as err:
         return _fail(err)
+    except ExportCheckError as err:  # student.keras and metrics.json are written by then
+        return _fail(f"{err}\nThe student is saved; re-export with python -m keras_endokd.export "
+                     f"--run_dir={cfg.output_dir}.")
     return 0
 
 
