@@ -18,6 +18,7 @@ import os
 import sys
 
 from absl import flags
+from keras_endokd.cli import UsageError, fail
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "A .keras student or an exported .tflite model.",
@@ -39,9 +40,6 @@ flags.DEFINE_integer("batch_size", 64, "Batch size of the Keras evaluation.", fl
 flags.DEFINE_string("output_dir", None, "Where metrics.json and confusion_matrix.png go.",
                     flag_values=FLAGS)
 
-
-class UsageError(ValueError):
-    """A flag value that cannot work; printed as one paragraph, without a stack trace."""
 
 
 def _run_config(model_path) -> dict:
@@ -162,9 +160,9 @@ def main(argv=None) -> int:
     try:
         rest = FLAGS(argv)
     except flags.Error as err:
-        return _fail(err)
+        return fail(err)
     if len(rest) > 1:
-        return _fail(f"unexpected arguments {rest[1:]}; every setting is a --flag.")
+        return fail(f"unexpected arguments {rest[1:]}; every setting is a --flag.")
     from keras_endokd.data.source import DatasetLayoutError
 
     try:
@@ -172,15 +170,11 @@ def main(argv=None) -> int:
             raise UsageError("--model is required: a .keras student or a .tflite model.")
         evaluate(FLAGS.model)
     except (UsageError, DatasetLayoutError, FileNotFoundError) as err:
-        return _fail(err)
+        return fail(err)
     except ValueError as err:  # load_dataset's own checks (unknown dataset, missing --data_dir)
-        return _fail(err)
+        return fail(err)
     return 0
 
-
-def _fail(err) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

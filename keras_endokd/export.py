@@ -16,6 +16,7 @@ import os
 import sys
 
 from absl import flags
+from keras_endokd.cli import UsageError, fail
 
 # Flags live in this module's own FlagValues: the CLIs define flags of the same name
 # (--model, --dataset), and tests import several of them into one process.
@@ -32,9 +33,6 @@ flags.DEFINE_integer("fine_tune_epochs", 3, "Epochs of fine-tuning while pruning
 flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each .tflite model with its "
                    "Keras model on the test split; below it the export fails.", flag_values=FLAGS)
 
-
-class UsageError(ValueError):
-    """A flag value that cannot work; printed as one paragraph, without a stack trace."""
 
 
 def _run_folder(run_dir) -> str:
@@ -99,30 +97,26 @@ def main(argv=None) -> int:
     try:
         rest = FLAGS(argv)
     except flags.Error as err:
-        return _fail(err)
+        return fail(err)
     if len(rest) > 1:
-        return _fail(f"unexpected arguments {rest[1:]}; every setting is a --flag.")
+        return fail(f"unexpected arguments {rest[1:]}; every setting is a --flag.")
     try:
         check_flags()
     except UsageError as err:
-        return _fail(err)
+        return fail(err)
     from keras_endokd.data.source import DatasetLayoutError
     from keras_endokd.deploy.export import ExportCheckError
 
     try:
         export(argv)
     except (UsageError, DatasetLayoutError, FileNotFoundError) as err:
-        return _fail(err)
+        return fail(err)
     except ExportCheckError as err:
         print(f"error: {err} (details in {os.path.join(FLAGS.run_dir, 'export_report.json')})",
               file=sys.stderr)
         return 1
     return 0
 
-
-def _fail(err) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import re
 import sys
 
 from absl import flags
+from keras_endokd.cli import UsageError, fail
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "A .keras student or one of the exported .tflite models.",
@@ -33,9 +34,6 @@ flags.DEFINE_boolean("crop_border", None, "Crop the endoscope's black border bef
                      flag_values=FLAGS)
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", flag_values=FLAGS)
 
-
-class UsageError(ValueError):
-    """A flag value that cannot work; printed as one paragraph, without a stack trace."""
 
 
 def _read_lines(path) -> list:
@@ -175,7 +173,7 @@ def main(argv=None) -> int:
     try:
         images = FLAGS(argv)[1:]
     except flags.Error as err:
-        return _fail(err)
+        return fail(err)
     try:
         if not FLAGS.model:
             raise UsageError("--model is required: a .keras student or a .tflite model.")
@@ -187,7 +185,7 @@ def main(argv=None) -> int:
         names = class_names(FLAGS.model, predictor.num_classes, predictor.model_bytes,
                             FLAGS.labels)
     except UsageError as err:
-        return _fail(err)
+        return fail(err)
     trained_crop = _run_config(FLAGS.model).get("crop_border")
     crop = FLAGS.crop_border if FLAGS.crop_border is not None else bool(trained_crop)
     if FLAGS.crop_border is not None and trained_crop is not None and crop != trained_crop:
@@ -208,10 +206,6 @@ def main(argv=None) -> int:
         print(json.dumps({"image": path, f"top{FLAGS.top_k}": top}), flush=True)
     return 1 if failures else 0
 
-
-def _fail(err) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+from keras_endokd.cli import UsageError, fail  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -70,9 +71,6 @@ flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [
 flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each exported .tflite model with "
                    "the Keras student on the test split; below it the export fails.")
 
-
-class UsageError(ValueError):
-    """A flag value that cannot work; printed as one paragraph, without a stack trace."""
 
 
 def config_from_flags():
@@ -128,20 +126,16 @@ def main(argv):
     try:
         cfg = config_from_flags()
     except ValueError as err:  # UsageError and the registries' own flag checks
-        return _fail(err)
+        return fail(err)
     try:
         run(cfg)
     except (DatasetLayoutError, FileNotFoundError) as err:
-        return _fail(err)
+        return fail(err)
     except ExportCheckError as err:  # student.keras and metrics.json are written by then
-        return _fail(f"{err}\nThe student is saved; re-export with python -m keras_endokd.export "
+        return fail(f"{err}\nThe student is saved; re-export with python -m keras_endokd.export "
                      f"--run_dir={cfg.output_dir}.")
     return 0
 
-
-def _fail(err) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

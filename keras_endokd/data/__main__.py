@@ -16,6 +16,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+from keras_endokd.cli import fail  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "kvasir_v2", "hyper_kvasir", "folder"], "Dataset to describe.")
@@ -54,8 +55,7 @@ def main(argv):
         if FLAGS.grid:
             print(f"wrote {synthetic.sample_grid(FLAGS.grid, image_size=min(FLAGS.image_size, 160), seed=FLAGS.seed)}")
     except (ValueError, DatasetLayoutError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     return 0
 
 

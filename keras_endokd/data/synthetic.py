@@ -49,20 +49,11 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from keras_endokd.data import synthetic_render as R
+from keras_endokd.data.kvasir import CLASS_NAMES  # the synthetic data imitates Kvasir-v2
 from keras_endokd.data.source import SPLIT_NAMES, DatasetSource, Split
 
 F32 = np.float32
 
-CLASS_NAMES = (
-    "dyed-lifted-polyps",
-    "dyed-resection-margins",
-    "esophagitis",
-    "normal-cecum",
-    "normal-pylorus",
-    "normal-z-line",
-    "polyps",
-    "ulcerative-colitis",
-)
 # Kvasir's picture-in-picture box comes from the colonoscope's position guide: lower GI only.
 LOWER_GI = (0, 1, 3, 6, 7)
 _LOWER_GI_MASK = np.isin(np.arange(8), LOWER_GI)
