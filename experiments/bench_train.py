@@ -1,0 +1,115 @@
+"""python -m experiments.bench_train: distillation speed with live teachers vs the teacher cache.
+
+Both arms run in this one process, on the same data, split, seed, losses and epochs: "live" runs
+every teacher on every step (as `keras.distillation` and the keras.io example do); "cached" reads
+the teachers' outputs from `TeacherCache` (fixed augmented views, computed once). Speed is the
+median over epochs after the first (which includes tracing) of images per second; the cache's
+one-off build time is reported separately, with the end-to-end ratio that includes it. Both
+students are then scored on the test split. The last line is one JSON object with the headline
+figures.
+
+    python -m experiments.bench_train [--epochs=8] [--teachers=mobile_x3,mobile_x2,mobile_x2]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("epochs", 8, "Epochs of each arm.")
+flags.DEFINE_list("teachers", ["mobile_x3", "mobile_x2", "mobile_x2"],
+                  "Three teachers of the default kind (a name twice costs the same per step as two "
+                  "different ones: the cost is what is measured).")
+flags.DEFINE_string("kd", "relation", "Distillation losses of both arms.")
+flags.DEFINE_integer("image_size", 128, "Input size.")
+flags.DEFINE_string("teacher_dir", "runs/teachers", "Trained teachers are reused from here (or trained).")
+
+
+class EpochTimer:
+    """Wall time of every epoch (a Keras callback, so fit's own loop is what is timed)."""
+
+    def __init__(self):
+        import keras
+
+        outer = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer.seconds.append(time.perf_counter() - outer.start)
+
+        self.seconds, self.callback = [], _Callback()
+
+    def images_per_s(self, images: int) -> float:
+        steady = self.seconds[1:] or self.seconds
+        return images / statistics.median(steady)
+
+
+def _arm(cfg, source, teachers, datasets, cached: bool) -> dict:
+    import keras
+    import numpy as np
+
+    from keras_endokd.distill.distiller import Distiller
+    from keras_endokd.distill.registry import build_losses
+    from keras_endokd.models.student import build_student
+    from keras_endokd.run import _optimizer, cached_training_data, predict_labels
+
+    keras.utils.set_random_seed(cfg.seed)
+    distiller = Distiller(build_student(source.num_classes, cfg.image_size), teachers,
+                          build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads))
+    distiller.compile(optimizer=_optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])),
+                      metrics=["accuracy"])
+    build_seconds = 0.0
+    train = datasets["train"]
+    if cached:
+        t0 = time.perf_counter()
+        train = cached_training_data(cfg, source, distiller)
+        build_seconds = time.perf_counter() - t0
+    timer = EpochTimer()
+    distiller.fit(train, epochs=cfg.epochs, callbacks=[timer.callback], shuffle=False, verbose=2)
+    n = len(source.splits["train"])
+    accuracy = float(np.mean(predict_labels(distiller.student, datasets["test"]) == source.splits["test"].labels))
+    return {"images_per_s": timer.images_per_s(n), "epoch_seconds": timer.seconds,
+            "cache_build_seconds": build_seconds, "total_seconds": build_seconds + sum(timer.seconds),
+            "accuracy": accuracy}
+
+
+def main(argv):
+    del argv
+    from keras_endokd.data import load_dataset
+    from keras_endokd.run import RunConfig, make_datasets, obtain_teachers
+
+    cfg = RunConfig(kd=FLAGS.kd, teachers=tuple(FLAGS.teachers), image_size=FLAGS.image_size,
+                    epochs=FLAGS.epochs, teacher_dir=FLAGS.teacher_dir, teacher_cache="memory",
+                    output_dir="runs/bench_train", export=False)
+    source = load_dataset(cfg.dataset, image_size=cfg.image_size, seed=cfg.seed)
+    datasets = make_datasets(cfg, source)
+    teachers, _ = obtain_teachers(cfg, source, datasets)
+    live = _arm(cfg, source, teachers, datasets, cached=False)
+    cached = _arm(cfg, source, teachers, datasets, cached=True)
+    print(f"\n{'arm':8s} {'images/s':>9s} {'epoch s (median)':>17s} {'cache build s':>14s} {'total s':>8s} {'test acc':>9s}")
+    for name, r in (("live", live), ("cached", cached)):
+        print(f"{name:8s} {r['images_per_s']:9.0f} {statistics.median(r['epoch_seconds'][1:] or r['epoch_seconds']):17.2f} "
+              f"{r['cache_build_seconds']:14.1f} {r['total_seconds']:8.1f} {r['accuracy']:9.3f}")
+    speedup = cached["images_per_s"] / live["images_per_s"]
+    print(f"speed-up per epoch: {speedup:.2f}x (target >= 3x: {'met' if speedup >= 3 else 'NOT met'}); "
+          f"end to end incl. cache build, {cfg.epochs} epochs: {live['total_seconds'] / cached['total_seconds']:.2f}x; "
+          f"accuracy difference {100 * (cached['accuracy'] - live['accuracy']):+.1f} points "
+          f"(target within 1: {'met' if abs(cached['accuracy'] - live['accuracy']) <= 0.01 else 'NOT met'})")
+    print(json.dumps({"images_per_s_live": round(live["images_per_s"], 1),
+                      "images_per_s_cached": round(cached["images_per_s"], 1),
+                      "speedup": round(speedup, 2), "accuracy_live": round(live["accuracy"], 4),
+                      "accuracy_cached": round(cached["accuracy"], 4)}))
+
+
+if __name__ == "__main__":
+    app.run(main)
