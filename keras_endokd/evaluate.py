@@ -18,7 +18,7 @@ import os
 import sys
 
 from absl import flags
-from keras_endokd.cli import UsageError, fail
+from keras_endokd.cli import UsageError, fail, parse_flags
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "A .keras student or an exported .tflite model.",
@@ -152,17 +152,9 @@ def evaluate(model_path) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(__doc__ + "\n" + FLAGS.get_help(include_special_flags=False))
-        return 0
-    FLAGS.unparse_flags()
-    try:
-        rest = FLAGS(argv)
-    except flags.Error as err:
-        return fail(err)
-    if len(rest) > 1:
-        return fail(f"unexpected arguments {rest[1:]}; every setting is a --flag.")
+    _, code = parse_flags(FLAGS, argv, __doc__)
+    if code is not None:
+        return code
     from keras_endokd.data.source import DatasetLayoutError
 
     try:

@@ -16,7 +16,7 @@ import os
 import sys
 
 from absl import flags
-from keras_endokd.cli import UsageError, fail
+from keras_endokd.cli import UsageError, fail, parse_flags
 
 # Flags live in this module's own FlagValues: the CLIs define flags of the same name
 # (--model, --dataset), and tests import several of them into one process.
@@ -90,16 +90,9 @@ def export(argv) -> dict:
 
 def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(__doc__ + "\n" + FLAGS.get_help(include_special_flags=False))
-        return 0
-    FLAGS.unparse_flags()  # main() may run several times in one process (tests)
-    try:
-        rest = FLAGS(argv)
-    except flags.Error as err:
-        return fail(err)
-    if len(rest) > 1:
-        return fail(f"unexpected arguments {rest[1:]}; every setting is a --flag.")
+    _, code = parse_flags(FLAGS, argv, __doc__)
+    if code is not None:
+        return code
     try:
         check_flags()
     except UsageError as err:

@@ -22,7 +22,7 @@ import re
 import sys
 
 from absl import flags
-from keras_endokd.cli import UsageError, fail
+from keras_endokd.cli import UsageError, fail, parse_flags
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "A .keras student or one of the exported .tflite models.",
@@ -165,15 +165,9 @@ def load_image(path, image_size, crop_border):
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(__doc__ + "\n" + FLAGS.get_help(include_special_flags=False))
-        return 0
-    FLAGS.unparse_flags()
-    try:
-        images = FLAGS(argv)[1:]
-    except flags.Error as err:
-        return fail(err)
+    images, code = parse_flags(FLAGS, argv, __doc__, positional=True)
+    if code is not None:
+        return code
     try:
         if not FLAGS.model:
             raise UsageError("--model is required: a .keras student or a .tflite model.")
