@@ -213,12 +213,12 @@ def cached_training_data(cfg: RunConfig, source: DatasetSource, distiller: Disti
     return cache.dataset(cfg.batch_size, cfg.seed)
 
 
-def evaluate_student(student: keras.Model, test_ds, source: DatasetSource, run_dir: str, prefix: str = "") -> dict:
+def evaluate_student(student: keras.Model, test_ds, source: DatasetSource, run_dir: str) -> dict:
     """Test-split metrics (metrics.json's `student` entry) and the confusion-matrix PNG."""
     predictions = predict_labels(student, test_ds)
     scores = classification_metrics(source.splits["test"].labels, predictions, source.class_names)
     plot_confusion_matrix(scores["confusion_matrix"], source.class_names,
-                          os.path.join(run_dir, f"{prefix}confusion_matrix.png"),
+                          os.path.join(run_dir, "confusion_matrix.png"),
                           title=f"student, test accuracy {scores['accuracy']:.3f}")
     return {"student": scores, "dataset": source.describe()}
 

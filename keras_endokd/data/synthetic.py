@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-import tempfile
 from types import SimpleNamespace
 from typing import Callable, Dict, Optional, Tuple
 
@@ -51,6 +50,7 @@ import numpy as np
 from keras_endokd.data import synthetic_render as R
 from keras_endokd.data.kvasir import CLASS_NAMES  # the synthetic data imitates Kvasir-v2
 from keras_endokd.data.source import SPLIT_NAMES, DatasetSource, Split
+from keras_endokd.io import atomic_path
 
 F32 = np.float32
 
@@ -704,16 +704,8 @@ def load(
 
 
 def _save_atomic(image, path: str, fmt: str, **kwargs) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+        image.save(tmp, format=fmt, **kwargs)
 
 
 def write_folder(

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 from keras_endokd.deploy.litert import op_names
+from keras_endokd.io import write_text
 
 # Builtin operators with a `MicroMutableOpResolver::Add*` method, from tensorflow/tflite-micro
 # `tensorflow/lite/micro/micro_mutable_op_resolver.h` (2025) plus REDUCE_ALL and
@@ -67,23 +68,6 @@ def op_resolver_snippet(tflite_bytes, var="resolver") -> str:
 
 
 # ------------------------------------------------------------------------------------ C array
-def _atomic_write(path, text):
-    """Write via a temporary file in the same folder and `os.replace`, so a reader (a build
-    running at the same time) never sees a half-written source file."""
-    folder, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def write_c_array(tflite_bytes, out_dir, name="g_model_data", basename="model_data") -> tuple:
     """Write `<basename>.cc` / `.h`: the model as `alignas(16) const unsigned char name[]`
     (12 bytes a line, like `xxd -i`) and `const unsigned int name_len`.
@@ -108,8 +92,8 @@ def write_c_array(tflite_bytes, out_dir, name="g_model_data", basename="model_da
               f"// TFLM reads the flatbuffer in place: keep it 16-byte aligned.\n"
               f"alignas(16) const unsigned char {name}[] = {{\n  "
               + ",\n  ".join(rows) + f"\n}};\nconst unsigned int {name}_len = {len(data)};\n")
-    _atomic_write(h_path, header)
-    _atomic_write(cc_path, source)
+    write_text(h_path, header)
+    write_text(cc_path, source)
     return cc_path, h_path
 
 

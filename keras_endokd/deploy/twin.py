@@ -100,10 +100,7 @@ def to_tf_keras(model: keras.Model, check: bool = True, atol: float = 1e-4,
     twin = tf_keras.Model(inputs, tensors[id(model.outputs[0])], name=f"{model.name}_tf_keras")
     copy_weights(model, twin)
     if check:
-        diff = max_output_difference(model, twin)
-        if not diff < atol:
-            raise ValueError(f"the tf_keras twin of '{model.name}' differs from it by {diff:.3g} "
-                             f"(max abs over random inputs), expected < {atol:g}")
+        _check_equal(model, twin, atol, f"the tf_keras twin of '{model.name}' differs from it")
     return twin
 
 
@@ -150,8 +147,11 @@ def to_keras(twin, template: keras.Model, check: bool = True, atol: float = 1e-4
     model.build(template.inputs[0].shape)
     copy_weights(twin, model)
     if check:
-        diff = max_output_difference(twin, model)
-        if not diff < atol:
-            raise ValueError(f"copying '{twin.name}' back into Keras 3 changed its outputs by "
-                             f"{diff:.3g}, expected < {atol:g}")
+        _check_equal(twin, model, atol, f"copying '{twin.name}' back into Keras 3 changed its outputs")
     return model
+
+
+def _check_equal(a, b, atol: float, what: str) -> None:
+    diff = max_output_difference(a, b)
+    if not diff < atol:
+        raise ValueError(f"{what} by {diff:.3g} (max abs over random inputs), expected < {atol:g}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import keras
 import numpy as np
@@ -74,7 +74,3 @@ class TeacherStore:
         io.save_model(model, path)
         io.write_json(info_path, info)
         return model, info, False
-
-    def find(self, name: str, fingerprint: str, settings: dict) -> Optional[str]:
-        path = self.path(name, self.key(name, fingerprint, settings))
-        return path if os.path.isfile(path) else None
