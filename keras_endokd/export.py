@@ -30,7 +30,7 @@ flags.DEFINE_boolean("qat", False, "Quantization-aware training (pruning-preserv
                      flag_values=FLAGS)
 flags.DEFINE_integer("fine_tune_epochs", 3, "Epochs of fine-tuning while pruning (and of QAT).",
                      flag_values=FLAGS)
-flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each .tflite model with its "
+flags.DEFINE_float("min_agreement", 0.98, "Least top-1 agreement of each .tflite model with its "
                    "Keras model on the test split; below it the export fails.", flag_values=FLAGS)
 
 

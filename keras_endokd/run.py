@@ -67,7 +67,7 @@ class RunConfig:
     teacher_views: int = 4
     export: bool = True
     sparsity: float = 0.5
-    min_agreement: float = 0.99
+    min_agreement: float = 0.98  # deploy.export.DEFAULT_MIN_AGREEMENT
     verbose: Optional[int] = None
 
     def resolved_teacher_dir(self) -> str:
