@@ -75,6 +75,13 @@ def _setting(name, config, default):
     return value if value is not None else config.get(name, default)
 
 
+def _data_seed(config) -> int:
+    """--seed, else the run's dataset seed (`data_seed`, which defaults to its `seed`), else 0."""
+    if FLAGS.seed is None and config.get("data_seed") is not None:
+        return config["data_seed"]
+    return _setting("seed", config, 0)
+
+
 def evaluate(model_path) -> dict:
     """Evaluates the model the flags describe; returns metrics.json's content."""
     if not os.path.isfile(model_path):
@@ -114,7 +121,7 @@ def evaluate(model_path) -> dict:
     data_dir = FLAGS.data_dir or (config.get("data_dir") if dataset == config.get("dataset") else None)
     split_file = FLAGS.split_file or (config.get("split_file") if dataset == config.get("dataset") else None)
     source = load_dataset(dataset, data_dir, split_file, _setting("fold", config, 0),
-                          _setting("seed", config, 0), size)
+                          _data_seed(config), size)
     if source.num_classes != num_classes:
         raise UsageError(f"the model outputs {num_classes} classes but dataset '{source.name}' "
                          f"has {source.num_classes}: {', '.join(source.class_names)}.")

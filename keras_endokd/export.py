@@ -76,7 +76,7 @@ def export(argv) -> dict:
     cfg = dataclasses.replace(cfg, output_dir=run_dir)
     sparsity = cfg.sparsity if FLAGS.sparsity is None else FLAGS.sparsity
     student = keras.saving.load_model(os.path.join(run_dir, "student.keras"), safe_mode=True)
-    source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.seed,
+    source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.resolved_data_seed(),
                           cfg.image_size)
     log(f"export {run_dir}: dataset {source.name}, sparsity {sparsity}, qat {FLAGS.qat}")
     teachers, _ = obtain_teachers(cfg, source, make_datasets(cfg, source))

@@ -62,6 +62,10 @@ class RunConfig:
     ce_weight: float = 1.0
     loss_weights: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
+    # None: `seed`. A study varies `seed` (initialisation, shuffling, augmentation) over one fixed
+    # dataset and one set of teachers.
+    data_seed: Optional[int] = None
+    teacher_seed: Optional[int] = None
     output_dir: str = "runs/latest"
     teacher_cache: str = "auto"
     teacher_views: int = 4
@@ -69,6 +73,12 @@ class RunConfig:
     sparsity: float = 0.5
     min_agreement: float = 0.98  # deploy.export.DEFAULT_MIN_AGREEMENT
     verbose: Optional[int] = None
+
+    def resolved_data_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def resolved_teacher_seed(self) -> int:
+        return self.seed if self.teacher_seed is None else self.teacher_seed
 
     def resolved_teacher_dir(self) -> str:
         return self.teacher_dir or os.path.join(os.path.dirname(os.path.abspath(self.output_dir)), "teachers")
@@ -95,6 +105,9 @@ def predict_labels(model: keras.Model, dataset) -> np.ndarray:
 
 def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tuple[keras.Model, dict]:
     """Trains one registry teacher with cross-entropy; returns it and its test scores."""
+    if cfg.resolved_teacher_seed() != cfg.seed:
+        cfg = dataclasses.replace(cfg, seed=cfg.resolved_teacher_seed())
+        datasets = make_datasets(cfg, source)
     keras.utils.set_random_seed(cfg.seed)
     model = build_teacher(name, source.num_classes, cfg.image_size, weights=cfg.teacher_weights)
     model.compile(
@@ -125,7 +138,8 @@ def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tu
             reused = True
         else:
             settings = {k: getattr(cfg, k) for k in ("image_size", "crop_border", "teacher_epochs",
-                                                     "teacher_learning_rate", "teacher_weights", "batch_size", "seed")}
+                                                     "teacher_learning_rate", "teacher_weights", "batch_size")}
+            settings["seed"] = cfg.resolved_teacher_seed()
             model, info, reused = store.load_or_train(
                 name, fingerprint, settings, lambda n=name: train_teacher(n, cfg, source, datasets)
             )
@@ -152,7 +166,8 @@ def run(cfg: RunConfig) -> dict:
     io.write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
     keras.utils.set_random_seed(cfg.seed)
 
-    source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.seed, cfg.image_size)
+    source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.resolved_data_seed(),
+                          cfg.image_size)
     sizes = {k: len(v) for k, v in source.splits.items()}
     log(f"data {source.name}: {source.num_classes} classes, {sizes} images ({time.time() - start:.0f}s)")
     datasets = make_datasets(cfg, source)

@@ -13,7 +13,6 @@ the teachers), writes metrics and the deployment files into --output_dir.
 from __future__ import annotations
 
 import os
-import sys
 
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
