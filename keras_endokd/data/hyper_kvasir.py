@@ -9,6 +9,13 @@ were written from an older folder layout and spell classes differently (`polyp` 
 `hemorroids` vs `hemorrhoids`, `oesophagitis-a` vs `esophagitis-a`, `normal-cecum` vs `cecum`, ...).
 The label always comes from the folder the image is in.
 
+So a split file's class-name column is never checked against the folders (an "unknown" class
+there is usually just the old spelling): a row whose file is found takes the class of its folder,
+and a row whose file is not found is reported in `skipped` as missing (a bad image, fatal under
+`--on_bad_image=error`), or is a DatasetLayoutError when over 1% of the rows are missing (the
+wrong folder or release). A row's file-name may hold a relative path, never one that leaves the
+dataset root (`files.safe_join`): `..` and absolute paths outside it are a DatasetLayoutError.
+
 Without a split file the folds are cut the official way (`splits.consecutive_folds`) from each
 class's sorted listing. That reproduces the official fold SIZES exactly but not the official
 membership: the official script cut unsorted `glob` (directory) order, which cannot be recovered

@@ -20,6 +20,56 @@ class DatasetLayoutError(ValueError):
     """A dataset folder or split file is not laid out as expected (names the path)."""
 
 
+ON_BAD_IMAGE = ("skip", "error")
+
+
+def validate_on_bad_image(on_bad_image: str) -> str:
+    """`on_bad_image` itself; ValueError naming `--on_bad_image` if it is not "skip" or "error"."""
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(
+            f"--on_bad_image={on_bad_image!r}: expected one of {', '.join(ON_BAD_IMAGE)} "
+            "(skip: leave unreadable images out and report them; error: stop the run)."
+        )
+    return on_bad_image
+
+
+# A skipped file is a "bad image" (fatal under `--on_bad_image=error`) when its reason starts with
+# one of these: an image file that is empty or does not decode, or a file a split file lists that
+# is not there. Files that were never meant to be images (other extensions, hidden files, files
+# outside the class folders) are only reported: they are not data the run was promised.
+BAD_IMAGE_REASONS = ("empty file", "unreadable image", "listed in ")
+
+
+def is_bad_image(reason: str) -> bool:
+    """Whether a `DatasetSource.skipped` reason marks a bad image (see BAD_IMAGE_REASONS)."""
+    return reason.startswith(BAD_IMAGE_REASONS)
+
+
+class BadImageError(DatasetLayoutError):
+    """Bad images under `--on_bad_image=error`; `bad` holds them as (path, reason).
+
+    The message names the first 10 and the count, so one run lists what to fix; the rest are in
+    `bad`.
+    """
+
+    SHOWN = 10
+
+    def __init__(self, bad: Sequence[Tuple[str, str]], root: Optional[str] = None):
+        self.bad, self.root = tuple(bad), root
+        lines = [f"  {path}: {reason}" for path, reason in self.bad[: self.SHOWN]]
+        if len(self.bad) > self.SHOWN:
+            lines.append(f"  ... and {len(self.bad) - self.SHOWN} more")
+        where = f" in {root}" if root else ""
+        super().__init__(
+            f"{len(self.bad)} bad image file(s){where} (--on_bad_image=error):\n"
+            + "\n".join(lines)
+            + "\n--on_bad_image=skip would skip them and list them in the run report."
+        )
+
+    def __reduce__(self):  # picklable despite the custom __init__ (multiprocessing, pytest-xdist)
+        return type(self), (self.bad, self.root)
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One split: integer labels plus either image paths or in-memory images.
@@ -89,7 +139,11 @@ class DatasetSource:
         }
 
     def describe(self) -> dict:
-        """JSON-ready summary: class names and image counts per split and class."""
+        """JSON-ready summary: class names, image counts per split and class, skipped files.
+
+        `skipped_count` and `bad_image_count` (skipped files that are bad images, see
+        `is_bad_image`) let a report show at a glance what `skipped` lists in full.
+        """
         counts = {}
         for split_name, split in self.splits.items():
             per_class = np.bincount(split.labels, minlength=self.num_classes)
@@ -103,5 +157,7 @@ class DatasetSource:
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "splits": counts,
+            "skipped_count": len(self.skipped),
+            "bad_image_count": sum(is_bad_image(r) for _, r in self.skipped),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }
