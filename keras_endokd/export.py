@@ -77,7 +77,7 @@ def export(argv) -> dict:
     sparsity = cfg.sparsity if FLAGS.sparsity is None else FLAGS.sparsity
     student = keras.saving.load_model(os.path.join(run_dir, "student.keras"), safe_mode=True)
     source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.resolved_data_seed(),
-                          cfg.image_size)
+                          cfg.image_size, on_bad_image=cfg.on_bad_image)
     log(f"export {run_dir}: dataset {source.name}, sparsity {sparsity}, qat {FLAGS.qat}")
     teachers, _ = obtain_teachers(cfg, source, make_datasets(cfg, source))
     return export_student(

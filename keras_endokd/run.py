@@ -18,13 +18,15 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Optional, Tuple
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from keras_endokd import io
+from keras_endokd import io, run_folder
 from keras_endokd.data import load_dataset
 from keras_endokd.data.pipeline import make_dataset
 from keras_endokd.data.source import DatasetSource
@@ -32,6 +34,7 @@ from keras_endokd.distill.distiller import Distiller
 from keras_endokd.distill.registry import build_losses, parse_kd
 from keras_endokd.distill.teacher_cache import TeacherCache, cache_key
 from keras_endokd.distill.teacher_store import TeacherStore, data_fingerprint
+from keras_endokd.distribute import is_chief, make_strategy, predict_locally
 from keras_endokd.evaluation import classification_metrics, plot_confusion_matrix
 from keras_endokd.models.student import build_student, trainable_param_count
 from keras_endokd.models.teachers import DEFAULT_TEACHERS, build_teacher
@@ -49,6 +52,7 @@ class RunConfig:
     split_file: Optional[str] = None
     fold: int = 0
     crop_border: bool = False
+    on_bad_image: str = "skip"
     teachers: Tuple[str, ...] = DEFAULT_TEACHERS
     teacher_weights: Optional[str] = None
     teacher_dir: Optional[str] = None
@@ -73,6 +77,11 @@ class RunConfig:
     sparsity: float = 0.5
     min_agreement: float = 0.98  # deploy.export.DEFAULT_MIN_AGREEMENT
     verbose: Optional[int] = None
+    deterministic: bool = True
+    strategy: str = "default"  # keras_endokd.distribute.STRATEGIES
+    cpu_devices: int = 1
+    overwrite: bool = False
+    resume: bool = False
 
     def resolved_data_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed
@@ -99,25 +108,37 @@ def _optimizer(learning_rate: float, epochs: int, steps_per_epoch: int):
     return keras.optimizers.Adam(schedule)
 
 
+def _jit(cfg: RunConfig):
+    """XLA fails under MirroredStrategy on CPU devices (variables on another device)."""
+    return "auto" if cfg.strategy == "default" else False
+
+
 def predict_labels(model: keras.Model, dataset) -> np.ndarray:
     return np.argmax(model.predict(dataset, verbose=0), axis=-1)
 
 
-def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tuple[keras.Model, dict]:
-    """Trains one registry teacher with cross-entropy; returns it and its test scores."""
+def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: dict,
+                  backup_dir: Optional[str] = None) -> Tuple[keras.Model, dict]:
+    """Trains one registry teacher with cross-entropy; returns it and its test scores.
+
+    With `backup_dir`, every epoch is checkpointed there and training continues from it.
+    """
     if cfg.resolved_teacher_seed() != cfg.seed:
         cfg = dataclasses.replace(cfg, seed=cfg.resolved_teacher_seed())
         datasets = make_datasets(cfg, source)
     keras.utils.set_random_seed(cfg.seed)
     model = build_teacher(name, source.num_classes, cfg.image_size, weights=cfg.teacher_weights)
-    model.compile(
-        optimizer=_optimizer(cfg.teacher_learning_rate, cfg.teacher_epochs, len(datasets["train"])),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    trainer = Distiller(model)  # cross-entropy alone; the one training path tf.distribute needs
+    trainer.compile(optimizer=_optimizer(cfg.teacher_learning_rate, cfg.teacher_epochs, len(datasets["train"])),
+                    metrics=["accuracy"], jit_compile=_jit(cfg))
     start = time.time()
-    model.fit(datasets["train"], validation_data=datasets["val"], epochs=cfg.teacher_epochs,
-              shuffle=False, verbose=_verbose(cfg))  # the tf.data pipeline shuffles
+    callbacks = [run_folder.StopOnNonFiniteLoss(backup_dir)] if backup_dir else []
+    if backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
+                                                          delete_checkpoint=False))
+    trainer.fit(datasets["train"], validation_data=datasets["val"], epochs=cfg.teacher_epochs,
+              callbacks=callbacks, shuffle=False, verbose=_verbose(cfg))  # the tf.data pipeline shuffles
+    predict_locally(model, tf.distribute.get_strategy())
     accuracy = float(np.mean(predict_labels(model, datasets["test"]) == source.splits["test"].labels))
     return model, {"test_accuracy": accuracy, "params": int(model.count_params()), "train_seconds": time.time() - start}
 
@@ -141,10 +162,11 @@ def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tu
                                                      "teacher_learning_rate", "teacher_weights", "batch_size")}
             settings["seed"] = cfg.resolved_teacher_seed()
             model, info, reused = store.load_or_train(
-                name, fingerprint, settings, lambda n=name: train_teacher(n, cfg, source, datasets)
+                name, fingerprint, settings, lambda backup, n=name: train_teacher(n, cfg, source, datasets, backup)
             )
         log(f"teacher {name}: {info['params']:,} params, test accuracy {info['test_accuracy']:.3f} "
             f"({'reused ' + info['path'] if reused else 'trained in %.0fs' % info['train_seconds']})")
+        predict_locally(model, tf.distribute.get_strategy())
         teachers.append(model)
         infos.append(info)
     return teachers, infos
@@ -161,37 +183,37 @@ def make_datasets(cfg: RunConfig, source: DatasetSource) -> dict:
 def run(cfg: RunConfig) -> dict:
     """Runs the whole job and returns metrics.json's content."""
     start = time.time()
+    strategy = make_strategy(cfg.strategy, cfg.cpu_devices)  # before TensorFlow's first operation
+    if cfg.deterministic:
+        # Same seed, same flags, same machine: same metrics. Costs parallelism in a few kernels.
+        tf.config.experimental.enable_op_determinism()
+    if not is_chief(strategy):  # every worker computes, one writes
+        scratch = tempfile.mkdtemp(prefix="keras-endokd-worker-")
+        cfg = dataclasses.replace(cfg, output_dir=os.path.join(scratch, "run"),
+                                  teacher_dir=os.path.join(scratch, "teachers"), export=False)
+    if cfg.strategy != "default":
+        log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replicas in sync"
+            + ("" if is_chief(strategy) else " (this worker writes to a scratch folder)"))
     run_dir = cfg.output_dir
+    run_folder.claim(run_dir, dataclasses.asdict(cfg), overwrite=cfg.overwrite, resume=cfg.resume)
     os.makedirs(run_dir, exist_ok=True)
-    io.write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
+    if not cfg.resume:
+        io.write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))
     keras.utils.set_random_seed(cfg.seed)
 
     source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.resolved_data_seed(),
-                          cfg.image_size)
+                          cfg.image_size, on_bad_image=cfg.on_bad_image)
     sizes = {k: len(v) for k, v in source.splits.items()}
     log(f"data {source.name}: {source.num_classes} classes, {sizes} images ({time.time() - start:.0f}s)")
+    if source.skipped:
+        log(f"data: {len(source.skipped)} files left out (unreadable, empty, not images...), each listed "
+            "with its reason under dataset.skipped in metrics.json")
     datasets = make_datasets(cfg, source)
 
-    teachers, teacher_infos = obtain_teachers(cfg, source, datasets)
-
-    keras.utils.set_random_seed(cfg.seed)
-    student = build_student(source.num_classes, cfg.image_size)
-    losses = build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads, cfg.loss_weights)
-    distiller = Distiller(student, teachers, losses, student_loss_weight=cfg.ce_weight)
-    distiller.compile(optimizer=_optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])), metrics=["accuracy"])
-    callbacks = [
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
-    ]
-    train_ds = datasets["train"]
-    if teachers and losses and cfg.teacher_cache != "off":
-        train_ds = cached_training_data(cfg, source, distiller)
-    t0 = time.time()
-    distiller.fit(train_ds, validation_data=datasets["val"], epochs=cfg.epochs,
-                  callbacks=callbacks, shuffle=False, verbose=_verbose(cfg))
-    log(f"student (--kd={cfg.kd}{', --fusion=' + cfg.fusion if 'relation' in cfg.kd else ''}) "
-        f"trained in {time.time() - t0:.0f}s")
-    io.save_model(student, os.path.join(run_dir, "student.keras"))
+    with strategy.scope():
+        teachers, teacher_infos = obtain_teachers(cfg, source, datasets)
+        student = train_student(cfg, source, datasets, teachers)
+    predict_locally(student, strategy)
 
     metrics = evaluate_student(student, datasets["test"], source, run_dir)
     metrics["student"]["params"] = trainable_param_count(student)
@@ -210,6 +232,42 @@ def run(cfg: RunConfig) -> dict:
                        min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
     log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")
     return metrics
+
+
+def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teachers: list) -> keras.Model:
+    """Distils the student and saves `student.keras`; a resumed run continues from its checkpoint.
+
+    The checkpoint (`backup/`, every epoch) is deleted only once `student.keras` is written, so
+    a crash at any moment leaves one or the other. A resumed run whose student is already saved
+    goes straight on to evaluation and export.
+    """
+    run_dir = cfg.output_dir
+    student_path = os.path.join(run_dir, "student.keras")
+    if cfg.resume and os.path.isfile(student_path):
+        log(f"resume: {student_path} is complete; evaluating and exporting it")
+        return keras.saving.load_model(student_path, safe_mode=True)
+    done = run_folder.completed_epochs(run_dir)
+    if cfg.resume:
+        log(f"resume: continuing from epoch {done + 1} of {cfg.epochs}" if done else
+            "resume: no completed epoch was checkpointed; training from the start")
+    keras.utils.set_random_seed(cfg.seed)
+    student = build_student(source.num_classes, cfg.image_size)
+    losses = build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads, cfg.loss_weights)
+    distiller = Distiller(student, teachers, losses, student_loss_weight=cfg.ce_weight)
+    distiller.compile(optimizer=_optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])),
+                      metrics=["accuracy"], jit_compile=_jit(cfg))
+    train_ds = datasets["train"]
+    if teachers and losses and cfg.teacher_cache != "off":
+        train_ds = cached_training_data(cfg, source, distiller)
+    t0 = time.time()
+    distiller.fit(train_ds, validation_data=datasets["val"], epochs=cfg.epochs,
+                  callbacks=run_folder.training_callbacks(run_dir, cfg.resume), shuffle=False,
+                  verbose=_verbose(cfg))
+    log(f"student (--kd={cfg.kd}{', --fusion=' + cfg.fusion if 'relation' in cfg.kd else ''}) "
+        f"trained in {time.time() - t0:.0f}s")
+    io.save_model(student, student_path)
+    run_folder.clear_backup(run_dir)
+    return student
 
 
 def cached_training_data(cfg: RunConfig, source: DatasetSource, distiller: Distiller):

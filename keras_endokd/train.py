@@ -35,6 +35,9 @@ flags.DEFINE_string("data_dir", None, "Dataset folder (not needed for --dataset=
 flags.DEFINE_string("split_file", None, "Hyper-Kvasir official split CSV (2_fold_split.csv or "
                     "5_fold_split.csv); without it the folds are regenerated the official way.")
 flags.DEFINE_integer("fold", 0, "Held-out test fold of k-fold datasets (Kvasir-v2, Hyper-Kvasir).")
+flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"],
+                  "Image files that cannot be decoded (truncated, corrupt, empty, missing from a split "
+                  "file): skip them and list them in metrics.json, or stop before training.")
 flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.")
 flags.DEFINE_list("teachers", None, "Teachers: registry names (mobile_x3, mobile_x2, small_resnet, small_plaincnn, "
                   "small_deepresnet, tiny_resnet, resnet50, densenet121, mobilenetv2, efficientnetb0) "
@@ -67,6 +70,17 @@ flags.DEFINE_enum("teacher_cache", "auto", ["auto", "memory", "disk", "off"],
 flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.")
 flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.")
 flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).")
+flags.DEFINE_boolean("overwrite", False, "Replace the run already in --output_dir (its outputs are "
+                     "deleted first). Without it, a folder holding a run is refused.")
+flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last completed epoch "
+                     "(after a crash or a kill); the flags must be those it was started with.")
+flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism: the same seed and flags on the "
+                     "same machine give the same metrics (see README for the cost).")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                  "tf.distribute strategy: one device, MirroredStrategy (all local GPUs, else all "
+                  "logical CPUs), or MultiWorkerMirroredStrategy configured by TF_CONFIG.")
+flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices (for "
+                     "--strategy=mirrored without GPUs).")
 flags.DEFINE_float("min_agreement", 0.98, "Least top-1 agreement of each exported .tflite model with "
                    "the Keras student on the test split; below it the export fails.")
 
@@ -90,7 +104,7 @@ def config_from_flags():
         raise UsageError(f"--image_size={FLAGS.image_size} is impossible: the student needs 32 to 1024 pixels.")
     if not 0.0 <= FLAGS.sparsity < 1.0:
         raise UsageError(f"--sparsity={FLAGS.sparsity} is outside [0, 1).")
-    for name in ("epochs", "teacher_epochs", "batch_size", "heads", "teacher_views"):
+    for name in ("epochs", "teacher_epochs", "batch_size", "heads", "teacher_views", "cpu_devices"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
     if FLAGS.teacher_weights not in (None, "none", "imagenet"):
@@ -103,7 +117,7 @@ def config_from_flags():
     return RunConfig(
         kd=FLAGS.kd, fusion=FLAGS.fusion, heads=FLAGS.heads, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, split_file=FLAGS.split_file, fold=FLAGS.fold,
-        crop_border=FLAGS.crop_border, teachers=teachers,
+        crop_border=FLAGS.crop_border, on_bad_image=FLAGS.on_bad_image, teachers=teachers,
         teacher_weights=None if FLAGS.teacher_weights in (None, "none") else FLAGS.teacher_weights,
         teacher_dir=FLAGS.teacher_dir, image_size=FLAGS.image_size, epochs=FLAGS.epochs,
         teacher_epochs=FLAGS.teacher_epochs, batch_size=FLAGS.batch_size,
@@ -111,7 +125,9 @@ def config_from_flags():
         temperature=FLAGS.temperature, ce_weight=FLAGS.ce_weight, loss_weights=loss_weights,
         seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
         teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
-        min_agreement=FLAGS.min_agreement,
+        min_agreement=FLAGS.min_agreement, deterministic=FLAGS.deterministic,
+        strategy=FLAGS.strategy, cpu_devices=FLAGS.cpu_devices, overwrite=FLAGS.overwrite,
+        resume=FLAGS.resume,
     )
 
 
@@ -121,6 +137,8 @@ def main(argv):
     from keras_endokd.data.source import DatasetLayoutError
     from keras_endokd.deploy.export import ExportCheckError
     from keras_endokd.run import run
+    from keras_endokd.distribute import StrategyError
+    from keras_endokd.run_folder import NonFiniteLossError, RunFolderError
 
     try:
         cfg = config_from_flags()
@@ -128,7 +146,7 @@ def main(argv):
         return fail(err)
     try:
         run(cfg)
-    except (DatasetLayoutError, FileNotFoundError) as err:
+    except (DatasetLayoutError, FileNotFoundError, NonFiniteLossError, RunFolderError, StrategyError) as err:
         return fail(err)
     except ExportCheckError as err:  # student.keras and metrics.json are written by then
         return fail(f"{err}\nThe student is saved; re-export with python -m keras_endokd.export "

@@ -25,6 +25,7 @@ from typing import List, Sequence
 import keras
 
 from keras_endokd.distill.base import DistillationTerm
+from keras_endokd.distribute import multi_worker
 from keras_endokd.models.taps import LOGITS, tap_model
 
 IMAGE_KEY = "image"
@@ -173,6 +174,26 @@ class Distiller(keras.Model):
                 trackers[name].update_state(value)
                 total = total + loss.loss_weights[name] * value / replicas
         return total
+
+    # Keras 3 and `MultiWorkerMirroredStrategy` (keras-team/keras#20585): `fit` first reduces a
+    # data batch across workers in eager mode (fails), and each step reduces the scalar logs
+    # with `axis=0` (fails). The Distiller is built in `__init__`, so the first is skipped; the
+    # logs are given a leading axis of one, which that reduction averages away.
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if keras.backend.backend() == "tensorflow" and multi_worker(self.distribute_strategy):
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return self._reducible(super().train_step(data))
+
+    def test_step(self, data):
+        return self._reducible(super().test_step(data))
+
+    def _reducible(self, logs):
+        if keras.backend.backend() == "tensorflow" and multi_worker(self.distribute_strategy):
+            return {k: keras.ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
 
     def get_metrics_result(self):
         """Validation logs carry only the student's terms: distillation runs in training only.

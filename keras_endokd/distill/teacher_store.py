@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from typing import Callable, Tuple
 
 import keras
@@ -57,9 +58,14 @@ class TeacherStore:
         name: str,
         fingerprint: str,
         settings: dict,
-        train: Callable[[], Tuple[keras.Model, dict]],
+        train: Callable[[str], Tuple[keras.Model, dict]],
     ) -> Tuple[keras.Model, dict, bool]:
-        """The stored teacher if there is one, else `train()`'s, stored. Returns (model, info, reused)."""
+        """The stored teacher if there is one, else `train(backup_dir)`'s, stored.
+
+        `backup_dir` is where `train` keeps its per-epoch checkpoint: a teacher whose training
+        was killed continues from there in the next run with the same key, and the checkpoint
+        is removed once the teacher is stored. Returns (model, info, reused).
+        """
         from keras_endokd import io
 
         key = self.key(name, fingerprint, settings)
@@ -69,8 +75,10 @@ class TeacherStore:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)
             with open(info_path) as f:
                 return model, json.load(f), True
-        model, info = train()
+        backup_dir = path[: -len(".keras")] + ".backup"
+        model, info = train(backup_dir)
         info = {**info, "name": name, "key": key, "settings": settings, "path": path}
         io.save_model(model, path)
         io.write_json(info_path, info)
+        shutil.rmtree(backup_dir, ignore_errors=True)
         return model, info, False

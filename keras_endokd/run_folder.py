@@ -1,0 +1,151 @@
+"""A run folder's life: claimed once, continued with --resume, replaced only with --overwrite.
+
+A long run on a clinic's machine must survive a crash and must never clobber an earlier run by
+accident. So `claim` refuses a folder that holds another run unless the user says what to do with
+it: `--overwrite` (the old run's outputs are removed first, so no stale file from it survives next
+to the new ones) or `--resume` (same settings required: a resumed run that silently changed its
+flags would be neither run). The training checkpoint that `--resume` continues from lives in
+`backup/` (Keras `BackupAndRestore`); it is deleted only after `student.keras` is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import keras
+
+BACKUP = "backup"
+# Everything a run writes (run.py and deploy.export); used to recognise and to clear a run.
+RUN_OUTPUTS = (
+    "config.json", "history.csv", "logs", "student.keras", "metrics.json", "confusion_matrix.png",
+    BACKUP, "student_int8.tflite", "student_android.tflite", "student_float32.tflite", "labels.txt",
+    "model_card.json", "model_data.cc", "model_data.h", "micro_op_resolver.h", "export_report.json",
+    "student_pruned.keras",
+)
+# Settings that say how a run is invoked, not what it computes: they may differ on --resume.
+INVOCATION_KEYS = ("resume", "overwrite", "verbose", "export")
+
+
+class RunFolderError(ValueError):
+    """The output folder cannot be used as asked (names the folder and the way out)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def existing_outputs(run_dir: str) -> list:
+    if not os.path.isdir(run_dir):
+        return []
+    return [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(run_dir, name))]
+
+
+def claim(run_dir: str, config: dict, overwrite: bool = False, resume: bool = False) -> None:
+    """Checks `run_dir` may be written with `config`; clears an old run when `overwrite`."""
+    if overwrite and resume:
+        raise RunFolderError("--overwrite and --resume contradict each other: pick one.")
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunFolderError(f"--output_dir={run_dir} is a file, not a folder.")
+    found = existing_outputs(run_dir)
+    if resume:
+        _check_resumable(run_dir, config)
+        return
+    if not found:
+        return
+    if not overwrite:
+        raise RunFolderError(
+            f"--output_dir={run_dir} already holds a run ({_listing(found)}). Pass --resume to "
+            "continue it, --overwrite to replace it, or choose another --output_dir."
+        )
+    for name in found:
+        path = os.path.join(run_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def _listing(names, shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _check_resumable(run_dir: str, config: dict) -> None:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise RunFolderError(f"--resume: {run_dir} holds no run to continue (no config.json).")
+    with open(path) as f:
+        stored = json.load(f)
+    changed = sorted(
+        key for key in set(stored) | set(config)
+        if key not in INVOCATION_KEYS and _comparable(stored.get(key)) != _comparable(config.get(key))
+    )
+    if changed:
+        details = "; ".join(f"--{k}: {stored.get(k)!r} then, {config.get(k)!r} now" for k in changed)
+        raise RunFolderError(
+            f"--resume: the run in {run_dir} was started with other settings ({details}). Resume "
+            "with the same flags, or start a new run (--overwrite or another --output_dir)."
+        )
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def backup_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, BACKUP)
+
+
+def completed_epochs(run_dir: str) -> int:
+    """Epochs the run's checkpoint holds (0 when there is none)."""
+    try:
+        with open(os.path.join(backup_dir(run_dir), "training_metadata.json")) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def clear_backup(run_dir: str) -> None:
+    shutil.rmtree(backup_dir(run_dir), ignore_errors=True)
+
+
+def training_callbacks(run_dir: str, resume: bool) -> list:
+    """Checkpoint every epoch, stop on a non-finite loss, log to CSV and TensorBoard.
+
+    The loss guard comes first: it raises before `BackupAndRestore` can checkpoint NaN weights
+    at the end of the epoch, so the backup keeps the last good epoch.
+    """
+    return [
+        StopOnNonFiniteLoss(backup_dir(run_dir)),
+        keras.callbacks.BackupAndRestore(backup_dir(run_dir), double_checkpoint=True, delete_checkpoint=False),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+    ]
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` at the first batch whose loss is NaN or infinite.
+
+    Keras' `TerminateOnNaN` only sets `stop_training`: the epoch still ends, `BackupAndRestore`
+    then saves the NaN weights over the last good ones, and the run writes a broken student.
+    Raising stops everything at once and keeps the checkpoint of the last completed epoch.
+    """
+
+    def __init__(self, checkpoint_dir: str):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            kept = (f"the weights of the last completed epoch ({self.epoch}) are kept in "
+                    f"{self.checkpoint_dir}" if self.epoch else "no epoch had completed")
+            raise NonFiniteLossError(
+                f"the training loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}; "
+                f"{kept}. Lower --learning_rate (or a loss weight) and start again, or, if the "
+                "data or settings were not the cause, continue with --resume."
+            )
