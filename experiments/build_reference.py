@@ -99,7 +99,7 @@ def main(argv):
     del argv
     run_dir = FLAGS.run_dir
     if not os.path.isfile(os.path.join(run_dir, "export_report.json")):
-        subprocess.run([sys.executable, "-m", "keras_endokd.train", "--kd=relation",
+        subprocess.run([sys.executable, "-m", "keras_endokd.train", "--kd=relation", "--overwrite",
                         f"--output_dir={run_dir}"], check=True, cwd=REPO)
     with open(os.path.join(run_dir, "model_card.json")) as f:
         card = json.load(f)
