@@ -18,6 +18,11 @@ from keras_endokd.run_folder import NonFiniteLossError, RunFolderError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--image_size=32", "--teacher_epochs=1", "--teachers=tiny_resnet", "--teacher_views=2",
         "--min_agreement=0"]
+RUN_FILES = (
+    "config.json", "student.keras", "history.csv", "logs", "metrics.json", "confusion_matrix.png",
+    "student_int8.tflite", "student_android.tflite", "student_float32.tflite", "labels.txt",
+    "model_card.json", "model_data.cc", "model_data.h", "micro_op_resolver.h", "export_report.json",
+)
 
 
 def _env(**extra):
@@ -93,8 +98,9 @@ def test_the_train_command_reports_a_diverging_loss(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_and_ends_with_every_output(tmp_path):
+    """Also the train command's end-to-end test: every file of a run folder, and teacher reuse."""
     out = tmp_path / "run"
-    flags = ["--kd=response", "--epochs=6", f"--output_dir={out}", *TINY]
+    flags = ["--kd=response,relation", "--heads=2", "--epochs=6", f"--output_dir={out}", *TINY]
     proc = _train(*flags, start_new_session=True)
     metadata = out / "backup" / "training_metadata.json"
     deadline = time.time() + 600
@@ -118,10 +124,19 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_with_every_output(tmp_path):
     stdout, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert "resume: continuing from epoch" in stdout
-    for name in ("student.keras", "metrics.json", "student_int8.tflite", "student_android.tflite",
-                 "model_data.cc", "model_card.json", "export_report.json"):
+    assert "reused" in stdout and "trained in" not in stdout.split("student")[0]  # the stored teacher
+    for name in RUN_FILES:
         assert (out / name).exists(), name
     assert not (out / "backup").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["student"]["params"] == 51_640  # 8 classes; the count does not depend on image size
+    for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "mcc", "per_class", "confusion_matrix"):
+        assert key in metrics["student"]
+    assert [t["name"] for t in metrics["teachers"]] == ["tiny_resnet"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["kd"] == "response,relation" and config["image_size"] == 32
+    header = (out / "history.csv").read_text().splitlines()[0]
+    assert "loss_response" in header and "loss_relation" in header
     epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().splitlines()[1:]]
     assert epochs[-1] == 5 and sorted(set(epochs)) == list(range(6))
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # no half-written temp files
