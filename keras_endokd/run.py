@@ -37,6 +37,7 @@ from keras_endokd.distill.teacher_store import TeacherStore, data_fingerprint
 from keras_endokd.distribute import is_chief, make_strategy, predict_locally
 from keras_endokd.evaluation import classification_metrics, plot_confusion_matrix
 from keras_endokd.models.student import build_student, trainable_param_count
+from keras_endokd.models.taps import FEATURE_TAPS, LOGITS, tap_model
 from keras_endokd.models.teachers import DEFAULT_TEACHERS, build_teacher
 
 
@@ -73,6 +74,9 @@ class RunConfig:
     output_dir: str = "runs/latest"
     teacher_cache: str = "auto"
     teacher_views: int = 4
+    # Cache every teacher tap, not just those this run's losses read: one cache then serves runs
+    # with different --kd (a study's methods), at the cost of storing taps some runs never use.
+    cache_all_taps: bool = False
     export: bool = True
     sparsity: float = 0.5
     min_agreement: float = 0.98  # deploy.export.DEFAULT_MIN_AGREEMENT
@@ -273,17 +277,20 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
 def cached_training_data(cfg: RunConfig, source: DatasetSource, distiller: Distiller):
     """The training batches with precomputed teacher outputs (see distill.teacher_cache)."""
     t0 = time.time()
-    key = cache_key(distiller.teachers, data_fingerprint(source, ("train",)), distiller.teacher_taps,
+    graphs = distiller.teacher_tap_models
+    if cfg.cache_all_taps:
+        graphs = [tap_model(t, sorted((*FEATURE_TAPS, LOGITS))) for t in distiller.teachers]
+    key = cache_key(distiller.teachers, data_fingerprint(source, ("train",)), list(graphs[0].output),
                     **{k: getattr(cfg, k) for k in ("image_size", "crop_border", "seed", "teacher_views")})
     cache = TeacherCache.build(
-        source.splits["train"], distiller.teacher_tap_models, cfg.image_size, num_views=cfg.teacher_views,
+        source.splits["train"], graphs, cfg.image_size, num_views=cfg.teacher_views,
         seed=cfg.seed, crop_border=cfg.crop_border, mode=cfg.teacher_cache,
         folder=os.path.join(cfg.resolved_teacher_dir(), "cache", key),
     )
     where = f"on disk at {cache.folder}" if cache.folder else "in memory"
     log(f"teacher cache: {cache.num_views} views x {len(cache.labels)} images, "
         f"{cache.nbytes / 2**20:.0f} MiB {where} ({time.time() - t0:.0f}s)")
-    return cache.dataset(cfg.batch_size, cfg.seed)
+    return cache.dataset(cfg.batch_size, cfg.seed, taps=distiller.teacher_taps)
 
 
 def evaluate_student(student: keras.Model, test_ds, source: DatasetSource, run_dir: str) -> dict:

@@ -145,10 +145,14 @@ class TeacherCache:
         outputs = {f"{t}/{tap}": load(f"{t}/{tap}") for t in range(num_teachers) for tap in taps}
         return cls(load("views"), outputs, labels, num_teachers, taps, folder)
 
-    def dataset(self, batch_size: int, seed: int = 0) -> tf.data.Dataset:
-        """Batches of ({"image", "teachers"}, labels): one random view per image, reshuffled per epoch."""
+    def dataset(self, batch_size: int, seed: int = 0, taps: Optional[Sequence[str]] = None) -> tf.data.Dataset:
+        """Batches of ({"image", "teachers"}, labels): one random view per image, reshuffled per epoch.
+
+        `taps` selects the teacher outputs the batches carry (default: all cached), so one cache of
+        every tap can serve runs whose losses read different ones.
+        """
         n, num_views = len(self.labels), self.num_views
-        keys = list(self.outputs)
+        keys = [k for k in self.outputs if taps is None or k.split("/", 1)[1] in taps]
 
         def gather(indices, view_ids):
             values = [self.views[view_ids, indices]]

@@ -1,0 +1,239 @@
+"""experiments.kd_study's outputs: per-method summaries, the Markdown tables, the plots.
+
+Aggregation: a seed's value is the mean over its folds (Hyper-Kvasir's 2-fold protocol; one fold
+elsewhere); a method's figure is the mean and the sample standard deviation (n - 1) of those
+per-seed values. Confusion matrices are summed over every seed and fold a method ran with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+
+import numpy as np
+
+from keras_endokd import io
+
+METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "mcc")
+_COLUMNS = ("Acc. (%)", "Macro prec. (%)", "Macro rec. (%)", "Macro F1 (%)", "MCC")
+
+
+def summarize(records: list, method, seeds: list) -> dict:
+    """One method's figures over `seeds` from the run records (kd_study.execute)."""
+    runs = [r for r in records if r["method"] == method.name and r["seed"] in seeds]
+    per_seed = {}
+    for seed in seeds:
+        folds = [r["student"] for r in runs if r["seed"] == seed]
+        per_seed[seed] = {k: float(np.mean([f[k] for f in folds])) for k in METRICS}
+    values = {k: [per_seed[s][k] for s in seeds] for k in METRICS}
+    return {"name": method.name, "label": method.label, **dataclasses.asdict(method), "seeds": list(seeds),
+            "mean": {k: statistics.fmean(v) for k, v in values.items()},
+            "std": {k: statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()},
+            "per_seed": per_seed, "params": runs[0]["student"]["params"]}
+
+
+def teacher_rows(teachers: list) -> list:
+    """Teachers' figures, averaged over folds (one training seed: no std)."""
+    rows = {}
+    for t in teachers:
+        rows.setdefault(t["name"], []).append(t)
+    out = []
+    for name, folds in rows.items():
+        out.append({"name": name, "label": f"Teacher {name}", "params": folds[0]["params"],
+                    "paths": [f["path"] for f in folds],
+                    "mean": {k: float(np.mean([f["scores"][k] for f in folds])) for k in METRICS},
+                    "std": {k: None for k in METRICS},
+                    "confusion_matrix": np.sum([f["scores"]["confusion_matrix"] for f in folds], 0).tolist()})
+    return out
+
+
+def build_results(study, records, teachers, deploy, command, seconds) -> dict:
+    """Everything results.json holds, and what the tables and plots are drawn from."""
+    from experiments.kd_study import HEADLINE, MAIN_METHODS
+
+    ablation = study.ablation_seeds
+    confusion = {}
+    for r in records:
+        cm = np.asarray(r["student"]["confusion_matrix"])
+        confusion[r["method"]] = confusion.get(r["method"], 0) + cm
+    return {
+        "settings": {**dataclasses.asdict(study), "command": command, "cpu_count": os.cpu_count()},
+        "class_names": records[0]["student"]["class_names"],
+        "headline": HEADLINE.name,
+        "main": [summarize(records, m, study.seeds) for m in MAIN_METHODS],
+        "heads": [{"value": m.heads, **summarize(records, m, ablation)}
+                  for m in (study.heads_methods() if ablation else [])],
+        "temperature": [{"value": m.temperature, **summarize(records, m, ablation)}
+                        for m in (study.temperature_methods() if ablation else [])],
+        "teachers": teacher_rows(teachers),
+        "deploy": deploy,
+        "confusion_matrices": {name: cm.tolist() for name, cm in confusion.items()},
+        "runs": records,
+        "seconds": seconds,
+    }
+
+
+def _cell(row, key):
+    scale, digits = (1, 3) if key == "mcc" else (100, 1)
+    mean, std = row["mean"][key], row["std"][key]
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def _deploy_cells(entry) -> str:
+    kind = "" if entry["kind"] == "int8" else f" ({entry['kind']})"
+    return f"{entry['bytes'] / 1024:.1f}{kind} | {entry['latency_ms']:.3f}{kind}"
+
+
+def main_table(results) -> str:
+    head = "| Method | Params | " + " | ".join(_COLUMNS) + " | int8 size (KiB) | int8 latency (ms) |"
+    lines = [head, "|---|---:|" + "---:|" * (len(_COLUMNS) + 2)]
+    for t in results["teachers"]:
+        cells = " | ".join(_cell(t, k) for k in METRICS)
+        deploy = _deploy_cells(results["deploy"]["teacher_" + t["name"]])
+        lines.append(f"| {t['label']} | {t['params']:,} | {cells} | {deploy} |")
+    student = _deploy_cells(results["deploy"]["student"])
+    for row in results["main"]:
+        cells = " | ".join(_cell(row, k) for k in METRICS)
+        label = f"**{row['label']}**" if row["name"] == results["headline"] else row["label"]
+        lines.append(f"| {label} | {row['params']:,} | {cells} | {student} |")
+    return "\n".join(lines)
+
+
+def ablation_table(rows, what: str, default: float) -> str:
+    lines = [f"| {what} | " + " | ".join(_COLUMNS) + " |", "|---:|" + "---:|" * len(_COLUMNS)]
+    for row in rows:
+        value = f"**{row['value']:g}**" if row["value"] == default else f"{row['value']:g}"
+        lines.append(f"| {value} | " + " | ".join(_cell(row, k) for k in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results) -> str:
+    from experiments.kd_study import HEADS, TEMPERATURE
+
+    s = results["settings"]
+    student = results["deploy"]["student"]
+    folds = "" if s["folds"] == [0] else (
+        f", folds {s['folds']} (each run trains on the other folds and tests on its own; a seed's "
+        "value is the mean over folds)")
+    teachers = "; ".join(f"{t['name']} ({results['deploy']['teacher_' + t['name']]['kind']})"
+                         for t in results["teachers"])
+    ablations = []
+    if results["heads"]:
+        ablations += ["## Ablation: attention heads (relation, MHA fusion)", "",
+                      ablation_table(results["heads"], "Heads", HEADS), ""]
+    if results["temperature"]:
+        ablations += [f"## Ablation: temperature (`--kd={s['temperature_kd']}`, MHA fusion, "
+                      f"{results['temperature'][0]['heads']} heads)", "",
+                      "The temperature only scales the response term, so it is ablated on a method "
+                      "that has one, not on relation alone, where it would change nothing.", "",
+                      ablation_table(results["temperature"], "T", TEMPERATURE), ""]
+    return "\n".join([
+        "# Distillation methods compared (Gammulle et al. 2023 protocol)",
+        "",
+        f"- Command: `{s['command']}`",
+        f"- Dataset: {s['dataset']}{' at ' + s['data_dir'] if s['data_dir'] else ''}, "
+        f"{s['image_size']}x{s['image_size']} images, data seed {s['data_seed']}{folds}.",
+        f"- Teachers: {', '.join(t['name'] for t in results['teachers'])}, trained once"
+        f"{'' if s['folds'] == [0] else ' per fold (their rows: mean over folds)'} "
+        f"(teacher epochs: {s['teacher_epochs']}, seed {s['teacher_seed']}) and shared by every run; "
+        f"their outputs are cached on disk (augmented views per image: {s['teacher_views']}), one "
+        "cache per seed and set of teacher taps.",
+        f"- Students: epochs: {s['epochs']}; main table over seeds {s['seeds']}, ablations over "
+        f"seeds {s['ablation_seeds']}; {len(results['runs'])} runs, {results['seconds'] / 60:.1f} min"
+        f"{' (--quick: a smoke test, not a result)' if s['quick'] else ''}.",
+        "",
+        "## Main comparison",
+        "",
+        main_table(results),
+        "",
+        "Mean ± sample standard deviation over seeds (the seed sets the student's initialisation, "
+        "shuffling, augmentation and cached teacher views; split and teachers are fixed). Teachers are "
+        "trained once: one value, no std. **Bold**: the headline method.",
+        f"Every student row shares one int8 measurement: the seed-{s['seeds'][0]} "
+        f"{results['headline']} student, converted to full-int8 TFLite with "
+        f"{student['representative_images']} representative training images; latency is the median of "
+        f"{s['latency_runs']} LiteRT `invoke()` calls at batch 1 on 1 thread "
+        f"({s['cpu_count']}-core machine, experiments.bench_infer.latency_ms). Teachers: {teachers}.",
+        "",
+        *ablations,
+        f"Ablations: mean ± std over seeds {s['ablation_seeds']} (no std with one seed); **bold**: "
+        "the main table's setting.",
+        "Confusion matrices (confusion_matrices/): summed over every seed and fold a method ran with.",
+        "",
+    ])
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tradeoff(results, x_key: str, path: str) -> str:
+    """Accuracy against params or int8 latency (log x); student points dodged sideways."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    student = results["deploy"]["student"]
+    for t in results["teachers"]:
+        entry = results["deploy"]["teacher_" + t["name"]]
+        x = t["params"] if x_key == "params" else entry["latency_ms"]
+        kind = "" if entry["kind"] == "int8" or x_key == "params" else f", {entry['kind']}"
+        ax.scatter([x], [100 * t["mean"]["accuracy"]], marker="s", s=50, color="0.35", zorder=3)
+        ax.annotate(f"{t['name']}{kind}", (x, 100 * t["mean"]["accuracy"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    rows = results["main"]
+    x0 = rows[0]["params"] if x_key == "params" else student["latency_ms"]
+    markers = "ov^<>DPX*"
+    for i, (row, dodge) in enumerate(zip(rows, np.linspace(-0.05, 0.05, len(rows)))):
+        std = row["std"]["accuracy"]
+        ax.errorbar([x0 * 10**dodge], [100 * row["mean"]["accuracy"]],
+                    yerr=None if std is None else [100 * std], fmt=markers[i % len(markers)], capsize=3,
+                    label=row["label"])
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters" if x_key == "params" else "int8 TFLite latency, batch 1, 1 thread (ms)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{results['settings']['dataset']}: students (mean ± std over seeds) and teachers", fontsize=9)
+    fig.text(0.01, 0.01, f"Every student has {rows[0]['params']:,} parameters and one int8 latency; "
+             "its points are spread sideways only to be legible.", fontsize=7, color="0.3")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    with io.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(results, folder: str) -> list:
+    from keras_endokd.evaluation import plot_confusion_matrix
+
+    paths = [io.write_json(os.path.join(folder, "results.json"), results),
+             io.write_text(os.path.join(folder, "results.md"), markdown(results)),
+             plot_tradeoff(results, "params", os.path.join(folder, "accuracy_vs_params.png")),
+             plot_tradeoff(results, "latency", os.path.join(folder, "accuracy_vs_latency.png"))]
+    labels = {r["name"]: r["label"] for r in results["main"] + results["heads"] + results["temperature"]}
+    matrices = dict(results["confusion_matrices"])
+    matrices.update({f"teacher_{t['name']}": t["confusion_matrix"] for t in results["teachers"]})
+    for name, cm in matrices.items():
+        total = np.asarray(cm)
+        title = f"{labels.get(name, name)}: accuracy {np.trace(total) / max(total.sum(), 1):.3f} (summed)"
+        paths.append(plot_confusion_matrix(cm, results["class_names"],
+                                           os.path.join(folder, "confusion_matrices", f"{name}.png"), title))
+    return paths
+
+
+def summary(results) -> dict:
+    """The final JSON line."""
+    runs = results["runs"]
+    return {"dataset": results["settings"]["dataset"], "epochs": results["settings"]["epochs"],
+            "seeds": results["settings"]["seeds"], "runs": len(runs),
+            "fresh_runs": sum(not r["reused"] for r in runs), "reused_runs": sum(r["reused"] for r in runs),
+            "minutes": round(results["seconds"] / 60, 2),
+            "accuracy": {row["name"]: round(row["mean"]["accuracy"], 4) for row in results["main"]},
+            "student_int8_ms": round(results["deploy"]["student"]["latency_ms"], 4),
+            "student_int8_bytes": results["deploy"]["student"]["bytes"]}
