@@ -375,7 +375,7 @@ def measure_deploy(study: Study, models: dict, source) -> dict:
                 representative = representative_images(source.splits["train"], study.image_size,
                                                        study.representative, study.crop_border,
                                                        seed=study.data_seed)
-            model = probability_model(keras.saving.load_model(path, compile=False))
+            model = probability_model(keras.saving.load_model(path, compile=False, safe_mode=True))
             meta = {"source": path, "source_sha256": digest, "representative": study.representative,
                     "representative_images": len(representative), "kind": "int8"}
             try:

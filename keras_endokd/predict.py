@@ -120,7 +120,10 @@ class Predictor:
         elif path.endswith(".keras"):
             import keras
 
-            self.model = keras.saving.load_model(path, safe_mode=True)
+            try:
+                self.model = keras.saving.load_model(path, safe_mode=True)
+            except (ValueError, TypeError, OSError) as err:  # incl. code safe_mode refused to run
+                raise UsageError(f"--model={path} cannot be loaded as a Keras model: {err}") from None
             height, width = self.model.input_shape[1:3]
             self.num_classes = int(self.model.output_shape[-1])
             outputs_probabilities = isinstance(self.model.layers[-1], keras.layers.Softmax)

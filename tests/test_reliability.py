@@ -245,3 +245,20 @@ def test_a_corrupt_image_is_skipped_and_listed_in_the_run_report(tmp_path):
     assert "1 files left out" in stdout
     skipped = json.loads((tmp_path / "run" / "metrics.json").read_text())["dataset"]["skipped"]
     assert [s["path"] for s in skipped] == [str(broken)] and "unreadable" in skipped[0]["reason"]
+
+
+# --- safe loading ------------------------------------------------------------------------------
+
+def test_a_model_file_with_python_code_is_refused(tmp_path):
+    """A .keras file can carry a Lambda layer's bytecode; safe_mode refuses to deserialize it."""
+    from keras_endokd.models.teachers import load_teacher
+
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    path = str(tmp_path / "lambda.keras")
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ValueError, match="safe_mode"):
+        load_teacher(path, num_classes=8, image_size=32)
+    result = subprocess.run([sys.executable, "-m", "keras_endokd.predict", f"--model={path}", path], cwd=REPO,
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "safe_mode" in result.stderr and "Traceback" not in result.stderr
