@@ -152,7 +152,7 @@ def candidates(run_dir, teacher_dir, image_size):
 
 def benchmark(run_dir="runs/latest", teacher_dir="runs/teachers", image_size=128, runs=200):
     """Measure, print the table, and print the JSON summary as the last line; returns it."""
-    from keras_endokd.deploy.micro import measure_arena
+    from keras_endokd.deploy.micro import measure_arena_isolated
 
     rows = candidates(run_dir, teacher_dir, image_size)
     warmup = max(5, min(50, runs // 4))
@@ -168,7 +168,7 @@ def benchmark(run_dir="runs/latest", teacher_dir="runs/teachers", image_size=128
     for name, params, size, gz, ms1, ms2, source in results:
         print(f"{name:<24}{params:>10,}{size:>11,}{gz:>10,}{ms1:>10.3f}{ms2:>10.3f}"
               f"{ms1 / student_ms:>8.1f}x  {source}")
-    arena = measure_arena(rows[0][2])
+    arena = measure_arena_isolated(rows[0][2])
     arena_bytes = arena["arena_used_bytes"] if arena else None
     print("TFLite Micro arena of student_int8: " + (
         f"{arena_bytes:,} bytes used ({arena_bytes / 1024:.1f} KiB), "

@@ -175,3 +175,10 @@ def test_measure_arena(models):
     assert arena["arena_size_recommended"] >= arena["arena_used_bytes"] + 1024
     assert arena["arena_size_recommended"] % 1024 == 0
     assert arena["ops"] == litert.op_names(models["int8"])
+
+
+def test_measure_arena_isolated_matches_and_survives_a_failing_model(models):
+    pytest.importorskip("tflite_micro", reason="tflite-micro not installed: pip install .[micro]")
+    assert micro.measure_arena_isolated(models["int8"]) == micro.measure_arena(models["int8"])
+    with pytest.raises(RuntimeError, match="arena failed \\(exit code 1\\)"):  # this process lives on
+        micro.measure_arena_isolated(models["int8"][: len(models["int8"]) // 2])

@@ -8,8 +8,12 @@ interpreter (package `tflite-micro`, optional).
 """
 
 import contextlib
+import importlib.util
+import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -172,3 +176,32 @@ def measure_arena(tflite_bytes, headroom=0.2, max_arena=256 << 20):
         used = hi
     recommended = -(-(used + max(1024, int(used * headroom))) // 1024) * 1024
     return {"arena_used_bytes": used, "arena_size_recommended": recommended, "ops": op_names(model)}
+
+
+def measure_arena_isolated(tflite_bytes, timeout: float = 600):
+    """`measure_arena` in a child process; None when `tflite_micro` is not installed.
+
+    TFLM's Python interpreter aborts the whole process (SIGABRT, no Python exception) on some
+    models, e.g. an int8 model of an untrained student; inside an export that would lose the
+    export half-way. In a child, a crash becomes a RuntimeError saying how it died.
+    """
+    if importlib.util.find_spec("tflite_micro") is None:
+        return None
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(bytes(tflite_bytes))
+        result = subprocess.run([sys.executable, "-m", "keras_endokd.deploy.micro", path],
+                                capture_output=True, text=True, timeout=timeout, env=env)
+    if result.returncode != 0:
+        how = f"killed by signal {-result.returncode}" if result.returncode < 0 else f"exit code {result.returncode}"
+        tail = " ".join(result.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"measuring the TensorFlow Lite Micro arena failed ({how}): {tail}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # the child of measure_arena_isolated: python -m keras_endokd.deploy.micro MODEL
+    with open(sys.argv[1], "rb") as model_file:
+        print(json.dumps(measure_arena(model_file.read())))
