@@ -239,25 +239,16 @@ def _read_json(path: str):
         return json.load(f)
 
 
-def _comparable(config: dict) -> dict:
-    """A RunConfig as JSON, without the settings that say how it is invoked (--resume, verbosity)."""
-    from keras_endokd.run_folder import INVOCATION_KEYS
-
-    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in INVOCATION_KEYS}
-
-
 def prepare(cfg):
     """(config to run, None) or (cfg, metrics.json of the finished run to reuse).
 
     Same settings and metrics.json: finished, reused. Same settings without it: interrupted,
     resumed from its last epoch checkpoint. Other settings: the old run is overwritten.
     """
-    from keras_endokd.run_folder import existing_outputs
+    from keras_endokd.run_folder import changed_settings, existing_outputs
 
-    config_path = os.path.join(cfg.output_dir, "config.json")
     metrics_path = os.path.join(cfg.output_dir, "metrics.json")
-    same = (os.path.isfile(config_path)
-            and _comparable(_read_json(config_path)) == _comparable(dataclasses.asdict(cfg)))
+    same = changed_settings(cfg.output_dir, dataclasses.asdict(cfg)) == []
     if same and os.path.isfile(metrics_path):
         return cfg, _read_json(metrics_path)
     if same:

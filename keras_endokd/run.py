@@ -136,12 +136,9 @@ def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: di
     trainer.compile(optimizer=_optimizer(cfg.teacher_learning_rate, cfg.teacher_epochs, len(datasets["train"])),
                     metrics=["accuracy"], jit_compile=_jit(cfg))
     start = time.time()
-    callbacks = [run_folder.StopOnNonFiniteLoss(backup_dir)] if backup_dir else []
-    if backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
-                                                          delete_checkpoint=False))
+    callbacks = run_folder.checkpoint_callbacks(backup_dir) if backup_dir else []
     trainer.fit(datasets["train"], validation_data=datasets["val"], epochs=cfg.teacher_epochs,
-              callbacks=callbacks, shuffle=False, verbose=_verbose(cfg))  # the tf.data pipeline shuffles
+                callbacks=callbacks, shuffle=False, verbose=_verbose(cfg))  # the tf.data pipeline shuffles
     predict_locally(model, tf.distribute.get_strategy())
     accuracy = float(np.mean(predict_labels(model, datasets["test"]) == source.splits["test"].labels))
     return model, {"test_accuracy": accuracy, "params": int(model.count_params()), "train_seconds": time.time() - start}
@@ -191,13 +188,14 @@ def run(cfg: RunConfig) -> dict:
     if cfg.deterministic:
         # Same seed, same flags, same machine: same metrics. Costs parallelism in a few kernels.
         tf.config.experimental.enable_op_determinism()
-    if not is_chief(strategy):  # every worker computes, one writes
+    chief = is_chief(strategy)
+    if not chief:  # every worker computes, one writes
         scratch = tempfile.mkdtemp(prefix="keras-endokd-worker-")
         cfg = dataclasses.replace(cfg, output_dir=os.path.join(scratch, "run"),
                                   teacher_dir=os.path.join(scratch, "teachers"), export=False)
     if cfg.strategy != "default":
         log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replicas in sync"
-            + ("" if is_chief(strategy) else " (this worker writes to a scratch folder)"))
+            + ("" if chief else " (this worker writes to a scratch folder)"))
     run_dir = cfg.output_dir
     run_folder.claim(run_dir, dataclasses.asdict(cfg), overwrite=cfg.overwrite, resume=cfg.resume)
     os.makedirs(run_dir, exist_ok=True)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+from typing import Optional
 
 import keras
 
@@ -70,26 +71,31 @@ def _listing(names, shown: int = 4) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def _check_resumable(run_dir: str, config: dict) -> None:
+def changed_settings(run_dir: str, config: dict) -> Optional[list]:
+    """The settings in which `config` differs from the run stored in `run_dir` (its config.json),
+    ignoring how each was invoked; None when no run is stored there."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
-        raise RunFolderError(f"--resume: {run_dir} holds no run to continue (no config.json).")
+        return None
     with open(path) as f:
         stored = json.load(f)
-    changed = sorted(
-        key for key in set(stored) | set(config)
-        if key not in INVOCATION_KEYS and _comparable(stored.get(key)) != _comparable(config.get(key))
-    )
+    config = json.loads(json.dumps(config))  # as stored: tuples become lists
+    return sorted(key for key in set(stored) | set(config)
+                  if key not in INVOCATION_KEYS and stored.get(key) != config.get(key))
+
+
+def _check_resumable(run_dir: str, config: dict) -> None:
+    changed = changed_settings(run_dir, config)
+    if changed is None:
+        raise RunFolderError(f"--resume: {run_dir} holds no run to continue (no config.json).")
     if changed:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            stored = json.load(f)
         details = "; ".join(f"--{k}: {stored.get(k)!r} then, {config.get(k)!r} now" for k in changed)
         raise RunFolderError(
             f"--resume: the run in {run_dir} was started with other settings ({details}). Resume "
             "with the same flags, or start a new run (--overwrite or another --output_dir)."
         )
-
-
-def _comparable(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def backup_dir(run_dir: str) -> str:
@@ -109,15 +115,21 @@ def clear_backup(run_dir: str) -> None:
     shutil.rmtree(backup_dir(run_dir), ignore_errors=True)
 
 
-def training_callbacks(run_dir: str, resume: bool) -> list:
-    """Checkpoint every epoch, stop on a non-finite loss, log to CSV and TensorBoard.
-
-    The loss guard comes first: it raises before `BackupAndRestore` can checkpoint NaN weights
-    at the end of the epoch, so the backup keeps the last good epoch.
+def checkpoint_callbacks(checkpoint_dir: str) -> list:
+    """Checkpoint every epoch into `checkpoint_dir` (training continues from it), and stop on a
+    non-finite loss. The loss guard comes first: it raises before `BackupAndRestore` can
+    checkpoint NaN weights at the end of the epoch, so the checkpoint keeps the last good epoch.
     """
     return [
-        StopOnNonFiniteLoss(backup_dir(run_dir)),
-        keras.callbacks.BackupAndRestore(backup_dir(run_dir), double_checkpoint=True, delete_checkpoint=False),
+        StopOnNonFiniteLoss(checkpoint_dir),
+        keras.callbacks.BackupAndRestore(checkpoint_dir, double_checkpoint=True, delete_checkpoint=False),
+    ]
+
+
+def training_callbacks(run_dir: str, resume: bool) -> list:
+    """The student's: checkpoints in `backup/`, the NaN stop, CSV and TensorBoard logs."""
+    return [
+        *checkpoint_callbacks(backup_dir(run_dir)),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resume),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
     ]

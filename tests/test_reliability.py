@@ -74,7 +74,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
             model.layers[0].kernel.assign(np.full((4, 2), np.nan, "float32"))
 
     callbacks = [keras.callbacks.LambdaCallback(on_epoch_begin=poison),
-                 *run_folder.training_callbacks(str(tmp_path), resume=False)[:2]]
+                 *run_folder.checkpoint_callbacks(run_folder.backup_dir(str(tmp_path)))]
     with pytest.raises(NonFiniteLossError, match="epoch 3, batch 1.*completed epoch \\(2\\)"):
         model.fit(x, y, batch_size=8, epochs=5, callbacks=callbacks, verbose=0)
     assert run_folder.completed_epochs(str(tmp_path)) == 2

@@ -179,8 +179,11 @@ class Distiller(keras.Model):
     # data batch across workers in eager mode (fails), and each step reduces the scalar logs
     # with `axis=0` (fails). The Distiller is built in `__init__`, so the first is skipped; the
     # logs are given a leading axis of one, which that reduction averages away.
+    def _multi_worker(self) -> bool:
+        return keras.backend.backend() == "tensorflow" and multi_worker(self.distribute_strategy)
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if keras.backend.backend() == "tensorflow" and multi_worker(self.distribute_strategy):
+        if self._multi_worker():
             return None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
@@ -191,7 +194,7 @@ class Distiller(keras.Model):
         return self._reducible(super().test_step(data))
 
     def _reducible(self, logs):
-        if keras.backend.backend() == "tensorflow" and multi_worker(self.distribute_strategy):
+        if self._multi_worker():
             return {k: keras.ops.reshape(v, (1,)) for k, v in logs.items()}
         return logs
 
