@@ -79,6 +79,7 @@ class RunConfig:
     cache_all_taps: bool = False
     export: bool = True
     sparsity: float = 0.5
+    per_tensor: bool = False  # integer models with one weight scale per tensor (export)
     min_agreement: float = 0.98  # deploy.export.DEFAULT_MIN_AGREEMENT
     verbose: Optional[int] = None
     deterministic: bool = True
@@ -229,7 +230,8 @@ def run(cfg: RunConfig) -> dict:
         from keras_endokd.deploy.export import export_student
 
         export_student(run_dir, student, source, teachers, image_size=cfg.image_size,
-                       sparsity=cfg.sparsity, temperature=cfg.temperature, seed=cfg.seed,
+                       sparsity=cfg.sparsity, per_tensor=cfg.per_tensor,
+                       temperature=cfg.temperature, seed=cfg.seed,
                        batch_size=cfg.batch_size, crop_border=cfg.crop_border,
                        min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
     log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")

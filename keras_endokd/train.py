@@ -70,6 +70,9 @@ flags.DEFINE_enum("teacher_cache", "auto", ["auto", "memory", "disk", "off"],
 flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.")
 flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.")
 flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).")
+flags.DEFINE_boolean("per_tensor", False, "One weight scale per tensor in the exported integer models "
+                     "instead of one per output channel: the int8 student fits a 64 KB flash budget "
+                     "(~60 KB instead of ~84 KB) and agrees a little less with the float model.")
 flags.DEFINE_boolean("overwrite", False, "Replace the run already in --output_dir (its outputs are "
                      "deleted first). Without it, a folder holding a run is refused.")
 flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last completed epoch "
@@ -124,6 +127,7 @@ def config_from_flags():
         learning_rate=FLAGS.learning_rate, teacher_learning_rate=FLAGS.teacher_learning_rate,
         temperature=FLAGS.temperature, ce_weight=FLAGS.ce_weight, loss_weights=loss_weights,
         seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
+        per_tensor=FLAGS.per_tensor,
         teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
         min_agreement=FLAGS.min_agreement, deterministic=FLAGS.deterministic,
         strategy=FLAGS.strategy, cpu_devices=FLAGS.cpu_devices, overwrite=FLAGS.overwrite,

@@ -196,6 +196,32 @@ def test_int8_model_is_a_microcontroller_model(exported):
     assert report["micro"]["model_bytes"] == len(int8)
 
 
+def _weight_scales(model_bytes) -> list:
+    """Scales per quantized constant tensor (weights and biases) of a .tflite model."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    return [len(t.quantization.scale) for t in model.subgraphs[0].tensors
+            if model.buffers[t.buffer].data is not None and t.quantization is not None
+            and t.quantization.scale is not None]
+
+
+def test_per_tensor_int8_model_is_smaller_and_agrees(student, source):
+    from keras_endokd.deploy.convert import probability_model, to_tflite
+    from keras_endokd.deploy.export import _agreement
+
+    model = probability_model(student)
+    images = source.splits["train"].images[:100].astype(np.float32)
+    test = source.splits["test"].images.astype(np.float32)
+    per_channel = to_tflite(model, images, "int8", "int8")
+    per_tensor = to_tflite(model, images, "int8", "int8", per_channel=False)
+    assert max(_weight_scales(per_channel)) > 1 and set(_weight_scales(per_tensor)) == {1}
+    # ~1,970 per-channel scales (float32) and zero points (int64) are gone
+    assert len(per_channel) - len(per_tensor) > 12 * 1000
+    reference = np.argmax(model.predict(test, verbose=0), -1)
+    assert _agreement(TFLiteModel(per_tensor).predict(test), reference) >= 0.95
+
+
 @pytest.mark.slow
 def test_android_model_metadata_reads_back(exported):
     run_dir, _ = exported
@@ -283,6 +309,8 @@ def test_export_cli_usage_errors(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     assert export.main(["export", f"--run_dir={tmp_path}", "--sparsity=1.0"]) == 2
     assert "outside [0, 1)" in capsys.readouterr().err
+    assert export.main(["export", f"--run_dir={tmp_path}", "--per_tensor", "--qat"]) == 2
+    assert "--per_tensor and --qat do not combine" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -36,16 +36,23 @@ def probability_model(student: keras.Model) -> keras.Model:
 
 
 def to_tflite(model, representative: Optional[np.ndarray] = None, input_type: str = "float32",
-              output_type: str = "float32") -> bytes:
+              output_type: str = "float32", per_channel: bool = True) -> bytes:
     """A Keras 3 or tf_keras image model as `.tflite` bytes.
 
     Args:
       model: the model to convert (probabilities out).
       representative: float32 images [N, H, W, 3] in [0, 255] for full-integer quantization
         (int8 kernels and activations, TFLITE_BUILTINS_INT8 only); None converts to float32.
-        A quantization-aware-trained model keeps its own ranges: the images only get it past
-        TF 2.21's check, which looks for the QAT ops before it has read the graph.
+        A quantization-aware-trained model (tfmot's default scheme) keeps its own ranges: the
+        images only get it past TF 2.21's check, which looks for the QAT ops before it has read
+        the graph. With the pruning-preserving scheme the images do matter (measured: constant
+        images gave a different, wrong model), so real training images are always passed.
       input_type, output_type: "float32", "uint8" or "int8" tensors at the model's boundary.
+      per_channel: one weight scale per output channel (the converter's default). False gives
+        one per tensor: each per-channel tensor stores a float32 scale and an int64 zero point
+        per channel, ~24 KB of the student's 84 KB int8 model, so per-tensor is what fits a
+        64 KB flash budget; it rounds the weights of channels with small ranges more coarsely.
+        TF 2.21 exposes the switch only as the converter's `_experimental_disable_per_channel`.
     """
     for kind in (input_type, output_type):
         if kind not in _TF_TYPES:
@@ -63,6 +70,7 @@ def to_tflite(model, representative: Optional[np.ndarray] = None, input_type: st
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = _TF_TYPES[input_type]
         converter.inference_output_type = _TF_TYPES[output_type]
+        converter._experimental_disable_per_channel = not per_channel
     elif (input_type, output_type) != ("float32", "float32"):
         raise ValueError("integer input/output types need representative images")
     # Converting a Keras 3 model prints the whole exported signature to stdout; the input

@@ -138,6 +138,7 @@ def export_student(
     sparsity: float = 0.5,
     temperature: float = 4.0,
     qat: bool = False,
+    per_tensor: bool = False,
     seed: int = 0,
     batch_size: int = 64,
     crop_border: bool = False,
@@ -155,6 +156,8 @@ def export_student(
       teachers: Keras 3 teachers, to keep distilling while pruning / QAT (none: CE only).
       sparsity: target kernel sparsity in [0, 1); 0 skips pruning.
       qat: quantization-aware training before the integer conversion (pruning-preserving).
+      per_tensor: one weight scale per tensor in the integer models instead of one per output
+        channel: smaller (the int8 student: ~60 KB instead of ~84 KB), slightly less faithful.
       min_agreement: least top-1 agreement of each .tflite with its Keras model on the test split.
       command: the command line that produced the export, for the model card.
 
@@ -170,18 +173,22 @@ def export_student(
     if student.output_shape[-1] != source.num_classes:
         raise ValueError(f"the student has {student.output_shape[-1]} outputs but dataset "
                          f"'{source.name}' has {source.num_classes} classes")
+    if qat and per_tensor:
+        raise ValueError("per_tensor and qat do not combine: quantization-aware training learns "
+                         "per-channel weight ranges, which a per-tensor conversion would discard")
     os.makedirs(run_dir, exist_ok=True)
     report = {
         "status": "running", "command": command,
         "settings": {"image_size": image_size, "sparsity": sparsity, "temperature": temperature,
-                     "qat": qat, "seed": seed, "batch_size": batch_size,
+                     "qat": qat, "per_tensor": per_tensor, "seed": seed, "batch_size": batch_size,
                      "crop_border": crop_border, "fine_tune_epochs": fine_tune_epochs,
                      "min_agreement": min_agreement, "teachers": len(teachers)},
         "dataset": _dataset_summary(source),
     }
     try:
         return _export(run_dir, student, source, teachers, report, start, image_size=image_size,
-                       sparsity=sparsity, temperature=temperature, qat=qat, seed=seed,
+                       sparsity=sparsity, temperature=temperature, qat=qat,
+                       per_tensor=per_tensor, seed=seed,
                        batch_size=batch_size, crop_border=crop_border,
                        fine_tune_epochs=fine_tune_epochs, min_agreement=min_agreement,
                        representative_count=representative_count, verbose=verbose)
@@ -193,7 +200,7 @@ def export_student(
 
 
 def _export(run_dir, student, source, teachers, report, start, *, image_size, sparsity,
-            temperature, qat, seed, batch_size, crop_border, fine_tune_epochs, min_agreement,
+            temperature, qat, per_tensor, seed, batch_size, crop_border, fine_tune_epochs, min_agreement,
             representative_count, verbose):
     train, val, test = (source.splits[k] for k in ("train", "val", "test"))
     common = dict(image_size=image_size, temperature=temperature, batch_size=batch_size,
@@ -237,12 +244,15 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
                 description=_description(source, params), version=_version(), license=LICENSE)
     models = {
         "float32": write_metadata(to_tflite(probabilities), **meta),
-        "int8": strip_strings(to_tflite(integer_source, representative, "int8", "int8")),
-        "android": write_metadata(to_tflite(integer_source, representative, "uint8", "float32"),
-                                  **meta),
+        "int8": strip_strings(to_tflite(integer_source, representative, "int8", "int8",
+                                        per_channel=not per_tensor)),
+        "android": write_metadata(to_tflite(integer_source, representative, "uint8", "float32",
+                                            per_channel=not per_tensor), **meta),
     }
     report["conversion"] = {
-        "representative_images": len(representative), "from": "tf_keras QAT model" if qat
+        "representative_images": len(representative),
+        "weight_scales": "per tensor" if per_tensor else "per output channel",
+        "from": "tf_keras QAT model" if qat
         else "Keras 3 student (TFLiteConverter.from_keras_model)",
         "input_quantization": {k: check_pixel_input(m) for k, m in models.items()},
         "output_quantization": {k: input_quantization(m, output=True) for k, m in models.items()},
@@ -436,6 +446,7 @@ def _model_card(report, source, params, image_size, crop_border) -> dict:
                      "all_params": sp["all_params"]},
         "quantization": "quantization-aware training (tfmot)" if report["settings"]["qat"]
         else f"post-training full-integer int8, {conv['representative_images']} training images",
+        "weight_scales": conv["weight_scales"],
         "files": conv["sizes"],
         "test_metrics": accuracies,
         "dataset": report["dataset"],
