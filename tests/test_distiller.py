@@ -43,6 +43,17 @@ def test_distillation_lowers_the_loss_and_trains_only_the_student():
     assert not trained & {id(v) for t in d.teachers for v in t.weights}
 
 
+def test_fit_traces_the_train_step_once(monkeypatch):
+    """Optimizer and metric variables exist before tracing: Keras would otherwise create them in
+    the first step, and TensorFlow traces a step that creates variables twice."""
+    traces = []
+    step = Distiller.train_step
+    monkeypatch.setattr(Distiller, "train_step", lambda self, data: traces.append(1) or step(self, data))
+    x, y = _data()
+    _distiller().fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert len(traces) == 1
+
+
 def test_each_term_is_a_metric_and_validation_reports_the_student_alone():
     x, y = _data()
     history = _distiller().fit(x, y, batch_size=16, epochs=1, validation_data=(x, y), verbose=0).history

@@ -130,23 +130,16 @@ class Distiller(keras.Model):
         return outputs[LOGITS]
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """As `keras.Model.compile`; the student loss defaults to sparse CE on logits.
-
-        The optimizer's slots and the metrics' variables are created here, with Keras' own
-        symbolic build on the input's shape: with no tf.distribute strategy Keras defers them to
-        the first step, and a `tf.function` that creates variables is traced twice (measured:
-        ~4 s more per `fit`, the largest fixed cost of a short run).
-        """
+        """As `keras.Model.compile`; the student loss defaults to sparse CE on logits."""
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-        if self.built:
-            image = keras.KerasTensor(tuple(self.student.input.shape), "float32")
-            self._symbolic_build(data_batch=(image, keras.KerasTensor((None,), "int32")))
 
     def compile_from_config(self, config):
         """Restores `compile` on load (Keras skips it for models that override `compile`)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def teacher_outputs(self, x) -> List[dict]:
         """One {tap: tensor} per teacher: from the batch when precomputed, else run once each."""
@@ -192,6 +185,16 @@ class Distiller(keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if self._multi_worker():
             return None
+        if keras.backend.backend() == "tensorflow" and self._distribute_strategy is None:
+            # Without a strategy Keras leaves the optimizer's and metrics' variables to the first
+            # step, and a `tf.function` that creates variables is traced twice (measured: ~4 s
+            # more per `fit`, the largest fixed cost of a short run). Keras' own build from the
+            # first batch's shapes, as it does under a strategy, creates them before tracing.
+            if data_batch is None and iterator is not None:
+                for _, _, batches in iterator:
+                    data_batch = next(batches)
+                    break
+            return self._symbolic_build(data_batch=data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
