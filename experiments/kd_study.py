@@ -248,7 +248,8 @@ def prepare(cfg):
     from keras_endokd.run_folder import changed_settings, existing_outputs
 
     metrics_path = os.path.join(cfg.output_dir, "metrics.json")
-    same = changed_settings(cfg.output_dir, dataclasses.asdict(cfg)) == []
+    same = changed_settings(cfg.output_dir, dataclasses.asdict(cfg),
+                            defaults=dataclasses.asdict(type(cfg)())) == []
     if same and os.path.isfile(metrics_path):
         return cfg, _read_json(metrics_path)
     if same:

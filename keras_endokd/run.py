@@ -198,7 +198,8 @@ def run(cfg: RunConfig) -> dict:
         log(f"strategy {cfg.strategy}: {strategy.num_replicas_in_sync} replicas in sync"
             + ("" if chief else " (this worker writes to a scratch folder)"))
     run_dir = cfg.output_dir
-    run_folder.claim(run_dir, dataclasses.asdict(cfg), overwrite=cfg.overwrite, resume=cfg.resume)
+    run_folder.claim(run_dir, dataclasses.asdict(cfg), overwrite=cfg.overwrite, resume=cfg.resume,
+                     defaults=dataclasses.asdict(RunConfig()))
     os.makedirs(run_dir, exist_ok=True)
     if not cfg.resume:
         io.write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(cfg))

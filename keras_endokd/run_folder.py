@@ -44,15 +44,18 @@ def existing_outputs(run_dir: str) -> list:
     return [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(run_dir, name))]
 
 
-def claim(run_dir: str, config: dict, overwrite: bool = False, resume: bool = False) -> None:
-    """Checks `run_dir` may be written with `config`; clears an old run when `overwrite`."""
+def claim(run_dir: str, config: dict, overwrite: bool = False, resume: bool = False,
+          defaults: Optional[dict] = None) -> None:
+    """Checks `run_dir` may be written with `config`; clears an old run when `overwrite`.
+
+    `defaults`: the value of each setting a stored run predates (see `changed_settings`)."""
     if overwrite and resume:
         raise RunFolderError("--overwrite and --resume contradict each other: pick one.")
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunFolderError(f"--output_dir={run_dir} is a file, not a folder.")
     found = existing_outputs(run_dir)
     if resume:
-        _check_resumable(run_dir, config)
+        _check_resumable(run_dir, config, defaults)
         return
     if not found:
         return
@@ -71,26 +74,35 @@ def _listing(names, shown: int = 4) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def changed_settings(run_dir: str, config: dict) -> Optional[list]:
+def changed_settings(run_dir: str, config: dict, defaults: Optional[dict] = None) -> Optional[list]:
     """The settings in which `config` differs from the run stored in `run_dir` (its config.json),
-    ignoring how each was invoked; None when no run is stored there."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
+    ignoring how each was invoked; None when no run is stored there.
+
+    A setting missing from the stored run (added to the package since) counts as its value in
+    `defaults`: the value that run had in effect, so an upgrade alone changes nothing.
+    """
+    stored = _stored_config(run_dir, defaults)
+    if stored is None:
         return None
-    with open(path) as f:
-        stored = json.load(f)
     config = json.loads(json.dumps(config))  # as stored: tuples become lists
     return sorted(key for key in set(stored) | set(config)
                   if key not in INVOCATION_KEYS and stored.get(key) != config.get(key))
 
 
-def _check_resumable(run_dir: str, config: dict) -> None:
-    changed = changed_settings(run_dir, config)
+def _stored_config(run_dir: str, defaults: Optional[dict]) -> Optional[dict]:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return {**json.loads(json.dumps(defaults or {})), **json.load(f)}
+
+
+def _check_resumable(run_dir: str, config: dict, defaults: Optional[dict]) -> None:
+    changed = changed_settings(run_dir, config, defaults)
     if changed is None:
         raise RunFolderError(f"--resume: {run_dir} holds no run to continue (no config.json).")
     if changed:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            stored = json.load(f)
+        stored = _stored_config(run_dir, defaults)
         details = "; ".join(f"--{k}: {stored.get(k)!r} then, {config.get(k)!r} now" for k in changed)
         raise RunFolderError(
             f"--resume: the run in {run_dir} was started with other settings ({details}). Resume "

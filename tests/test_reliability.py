@@ -56,6 +56,14 @@ def test_resume_needs_a_run_with_the_same_settings(tmp_path):
     run_folder.claim(str(tmp_path), {"kd": "none", "epochs": 20, "teachers": ("a",), "verbose": 0}, resume=True)
     with pytest.raises(RunFolderError, match="--epochs: 20 then, 30 now"):
         run_folder.claim(str(tmp_path), {"kd": "none", "epochs": 30, "teachers": ("a",)}, resume=True)
+    # A setting added since the run was stored counts as its default, the value the run had.
+    newer = {"kd": "none", "epochs": 20, "teachers": ("a",), "per_tensor": False}
+    run_folder.claim(str(tmp_path), newer, resume=True, defaults={"per_tensor": False, "epochs": 5})
+    with pytest.raises(RunFolderError, match="--per_tensor: False then, True now"):
+        run_folder.claim(str(tmp_path), {**newer, "per_tensor": True}, resume=True,
+                         defaults={"per_tensor": False})
+    with pytest.raises(RunFolderError, match="--per_tensor: None then, False now"):
+        run_folder.claim(str(tmp_path), newer, resume=True)
     with pytest.raises(RunFolderError, match="contradict"):
         run_folder.claim(str(tmp_path), {}, resume=True, overwrite=True)
 
