@@ -189,12 +189,9 @@ class Distiller(keras.Model):
             # Without a strategy Keras leaves the optimizer's and metrics' variables to the first
             # step, and a `tf.function` that creates variables is traced twice (measured: ~4 s
             # more per `fit`, the largest fixed cost of a short run). Keras' own build from the
-            # first batch's shapes, as it does under a strategy, creates them before tracing.
-            if data_batch is None and iterator is not None:
-                for _, _, batches in iterator:
-                    data_batch = next(batches)
-                    break
-            return self._symbolic_build(data_batch=data_batch)
+            # first batch's shapes, as it does under a strategy, creates them before tracing
+            # (it reads a batch only when something is left to build).
+            return self._symbolic_build(iterator=iterator, data_batch=data_batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
