@@ -91,7 +91,8 @@ def export(argv) -> dict:
     teachers, _ = obtain_teachers(cfg, source, make_datasets(cfg, source))
     return export_student(
         run_dir, student, source, teachers, image_size=cfg.image_size, sparsity=sparsity,
-        temperature=cfg.temperature, qat=FLAGS.qat, per_tensor=FLAGS.per_tensor, seed=cfg.seed, batch_size=cfg.batch_size,
+        temperature=cfg.temperature, qat=FLAGS.qat, per_tensor=FLAGS.per_tensor, seed=cfg.seed,
+        batch_size=cfg.batch_size,
         crop_border=cfg.crop_border, fine_tune_epochs=FLAGS.fine_tune_epochs,
         min_agreement=FLAGS.min_agreement,
         command=" ".join(["python -m keras_endokd.export", *argv[1:]]))
