@@ -17,75 +17,80 @@ import os
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
-from keras_endokd.cli import UsageError, fail  # noqa: E402
+import sys  # noqa: E402
 
-FLAGS = flags.FLAGS
+from absl import flags  # noqa: E402
+from keras_endokd.cli import UsageError, fail, parse_flags  # noqa: E402
+
+# The command's own FlagValues, as every command keeps them (see cli.parse_flags): tests run it
+# in one process beside modules that define absl's global flags.
+FLAGS = flags.FlagValues()
+_F = {"flag_values": FLAGS}
 
 flags.DEFINE_string("kd", "relation", "Distillation: none | response | feature | relation (or "
-                    "fitnets | attention_transfer | rkd), comma-separated to combine, e.g. response,relation.")
+                    "fitnets | attention_transfer | rkd), comma-separated to combine, e.g. response,relation.", **_F)
 flags.DEFINE_enum("fusion", "attention", ["attention", "mean", "confidence"],
                   "How --kd=relation fuses the teachers: multi-head attention, the mean (AVER), or "
-                  "confidence-weighted by each teacher's loss on the label (CA-MKD).")
-flags.DEFINE_integer("heads", 4, "Attention heads of the teacher fusion.")
+                  "confidence-weighted by each teacher's loss on the label (CA-MKD).", **_F)
+flags.DEFINE_integer("heads", 4, "Attention heads of the teacher fusion.", **_F)
 flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "kvasir_v2", "hyper_kvasir", "folder"],
                   "Dataset: the embedded synthetic one, Kvasir-v2, Hyper-Kvasir labelled images, or "
-                  "any <root>/<class>/<image> folder.")
-flags.DEFINE_string("data_dir", None, "Dataset folder (not needed for --dataset=synthetic).")
+                  "any <root>/<class>/<image> folder.", **_F)
+flags.DEFINE_string("data_dir", None, "Dataset folder (not needed for --dataset=synthetic).", **_F)
 flags.DEFINE_string("split_file", None, "Hyper-Kvasir official split CSV (2_fold_split.csv or "
-                    "5_fold_split.csv); without it the folds are regenerated the official way.")
-flags.DEFINE_integer("fold", 0, "Held-out test fold of k-fold datasets (Kvasir-v2, Hyper-Kvasir).")
+                    "5_fold_split.csv); without it the folds are regenerated the official way.", **_F)
+flags.DEFINE_integer("fold", 0, "Held-out test fold of k-fold datasets (Kvasir-v2, Hyper-Kvasir).", **_F)
 flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"],
                   "Image files that cannot be decoded (truncated, corrupt, empty, missing from a split "
-                  "file): skip them and list them in metrics.json, or stop before training.")
-flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.")
+                  "file): skip them and list them in metrics.json, or stop before training.", **_F)
+flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.", **_F)
 flags.DEFINE_list("teachers", None, "Teachers: registry names (mobile_x3, mobile_x2, small_resnet, small_plaincnn, "
                   "small_deepresnet, tiny_resnet, resnet50, densenet121, mobilenetv2, efficientnetb0) "
-                  "or paths of saved .keras teachers. Default: mobile_x3,mobile_x2.")
+                  "or paths of saved .keras teachers. Default: mobile_x3,mobile_x2.", **_F)
 flags.DEFINE_string("teacher_weights", None, "Initial teacher weights: none (offline) or imagenet "
-                    "(keras.applications teachers; downloads).")
+                    "(keras.applications teachers; downloads).", **_F)
 flags.DEFINE_string("teacher_dir", None, "Where trained teachers are kept and reused "
-                    "(default: teachers/ beside --output_dir).")
-flags.DEFINE_integer("image_size", 128, "Square input size of student and teachers, in pixels.")
-flags.DEFINE_integer("epochs", 20, "Student epochs.")
-flags.DEFINE_integer("teacher_epochs", 12, "Epochs of each teacher trained here.")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, cosine decay).")
-flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.")
-flags.DEFINE_float("temperature", 4.0, "Softening temperature of --kd=response.")
-flags.DEFINE_float("ce_weight", 1.0, "Weight of the student's cross-entropy on the labels.")
+                    "(default: teachers/ beside --output_dir).", **_F)
+flags.DEFINE_integer("image_size", 128, "Square input size of student and teachers, in pixels.", **_F)
+flags.DEFINE_integer("epochs", 20, "Student epochs.", **_F)
+flags.DEFINE_integer("teacher_epochs", 12, "Epochs of each teacher trained here.", **_F)
+flags.DEFINE_integer("batch_size", 32, "Batch size.", **_F)
+flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, cosine decay).", **_F)
+flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.", **_F)
+flags.DEFINE_float("temperature", 4.0, "Softening temperature of --kd=response.", **_F)
+flags.DEFINE_float("ce_weight", 1.0, "Weight of the student's cross-entropy on the labels.", **_F)
 for _term, _help in [
     ("response", "Hinton KD"), ("feature", "FitNets hints"), ("attention", "attention transfer"),
     ("relation", "matching the fused teacher target"), ("relation_rkd", "RKD against the fused target"),
     ("fusion_ce", "the fusion head's cross-entropy"), ("rkd", "RKD against each teacher"),
 ]:
     flags.DEFINE_float(f"{_term}_weight", None, f"Weight of the {_help} term (loss_{_term}); "
-                       "default: the loss's own.")
-flags.DEFINE_integer("seed", 0, "Random seed (data split, initialisation, augmentation).")
-flags.DEFINE_string("output_dir", "runs/latest", "The run folder to write.")
+                       "default: the loss's own.", **_F)
+flags.DEFINE_integer("seed", 0, "Random seed (data split, initialisation, augmentation).", **_F)
+flags.DEFINE_string("output_dir", "runs/latest", "The run folder to write.", **_F)
 flags.DEFINE_enum("teacher_cache", "auto", ["auto", "memory", "disk", "off"],
                   "Precompute the teachers' outputs on --teacher_views augmented views of each training "
                   "image and reuse them every epoch: in memory, memory-mapped on disk (kept for later "
-                  "runs), auto (memory up to 2 GiB), or off (teachers run every step).")
-flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.")
-flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.")
-flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).")
+                  "runs), auto (memory up to 2 GiB), or off (teachers run every step).", **_F)
+flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.", **_F)
+flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.", **_F)
+flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).", **_F)
 flags.DEFINE_boolean("per_tensor", False, "One weight scale per tensor in the exported integer models "
                      "instead of one per output channel: the int8 student fits a 64 KB flash budget "
-                     "(~60 KB instead of ~84 KB) and agrees a little less with the float model.")
+                     "(~60 KB instead of ~84 KB) and agrees a little less with the float model.", **_F)
 flags.DEFINE_boolean("overwrite", False, "Replace the run already in --output_dir (its outputs are "
-                     "deleted first). Without it, a folder holding a run is refused.")
+                     "deleted first). Without it, a folder holding a run is refused.", **_F)
 flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last completed epoch "
-                     "(after a crash or a kill); the flags must be those it was started with.")
+                     "(after a crash or a kill); the flags must be those it was started with.", **_F)
 flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism: the same seed and flags on the "
-                     "same machine give the same metrics (see README for the cost).")
+                     "same machine give the same metrics (see README for the cost).", **_F)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
                   "tf.distribute strategy: one device, MirroredStrategy (all local GPUs, else all "
-                  "logical CPUs), or MultiWorkerMirroredStrategy configured by TF_CONFIG.")
+                  "logical CPUs), or MultiWorkerMirroredStrategy configured by TF_CONFIG.", **_F)
 flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices (for "
-                     "--strategy=mirrored without GPUs).")
+                     "--strategy=mirrored without GPUs).", **_F)
 flags.DEFINE_float("min_agreement", 0.98, "Least top-1 agreement of each exported .tflite model with "
-                   "the Keras student on the test split; below it the export fails.")
+                   "the Keras student on the test split; below it the export fails.", **_F)
 
 
 
@@ -135,9 +140,10 @@ def config_from_flags():
     )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+def main(argv=None) -> int:
+    _, code = parse_flags(FLAGS, argv, __doc__)
+    if code is not None:
+        return code
     from keras_endokd.data.source import DatasetLayoutError
     from keras_endokd.deploy.export import ExportCheckError
     from keras_endokd.run import run
@@ -160,4 +166,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())
