@@ -127,10 +127,29 @@ def test_fusion_output_shape(mode):
     out = fusion(teachers, rng.normal(size=(3, 4, 4, 8)).astype("float32"), logits, np.array([0, 1, 2]))
     assert tuple(out.shape) == (3, 4, 4, 16)
     if mode == "attention":
-        assert tuple(fusion.last_attention_scores.shape) == (3 * 16, 2, 1, 2)
+        assert tuple(fusion.last_attention_scores.shape) == (3, 16, 2, 1, 2)
     if mode == "mean":
         projected = [fusion.projections[0](teachers[0]), ops.average_pool(fusion.projections[1](teachers[1]), 2, 2)]
         np.testing.assert_allclose(ops.convert_to_numpy(out), ops.convert_to_numpy((projected[0] + projected[1]) / 2), atol=1e-5)
+
+
+def test_attention_fusion_attends_over_the_teachers_at_each_position_only():
+    """The fused map equals a plain MultiHeadAttention run on every position as its own sequence
+    (the student's feature as the one query, the K projected teacher features as keys/values)."""
+    fusion = TeacherFusion("attention", width=16, num_heads=2)
+    fusion.build_for((None, 4, 4, 8), [(None, 4, 4, 12), (None, 4, 4, 6)])
+    rng = np.random.default_rng(5)
+    teachers = [rng.normal(size=(3, 4, 4, c)).astype("float32") for c in (12, 6)]
+    student = rng.normal(size=(3, 4, 4, 8)).astype("float32")
+    fused = ops.convert_to_numpy(fusion(teachers, student))
+
+    per_position = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8, output_shape=16)
+    per_position.build(query_shape=(None, 1, 8), value_shape=(None, 2, 16))
+    per_position.set_weights(fusion.attention.get_weights())
+    kv = ops.stack([p(t) for p, t in zip(fusion.projections, teachers)], axis=3)  # [3, 4, 4, 2, 16]
+    kv = ops.reshape(kv, (-1, 2, 16))
+    expected = per_position(ops.reshape(student, (-1, 1, 8)), kv, kv)
+    np.testing.assert_allclose(fused, ops.convert_to_numpy(ops.reshape(expected, (3, 4, 4, 16))), atol=1e-5)
 
 
 def test_registry_composes_methods_and_rejects_unknown_names():
