@@ -1,8 +1,9 @@
 """python -m experiments.bench_train: distillation speed with live teachers vs the teacher cache.
 
-Both arms run in this one process, on the same data, split, seed, losses and epochs: "live" runs
-every teacher on every step (as `keras.distillation` and the keras.io example do); "cached" reads
-the teachers' outputs from `TeacherCache` (fixed augmented views, computed once). Speed is the
+Both arms run in this one process, on the same data, split, seed, losses and epochs, their
+epochs interleaved (live 1, cached 1, live 2, ...) so that drift in the machine's speed hits both.
+"Live" runs every teacher on every step (as `keras.distillation` and the keras.io example do);
+"cached" reads the teachers' outputs from `TeacherCache` (fixed augmented views, computed once). Speed is the
 median over epochs after the first (which includes tracing) of images per second; the cache's
 one-off build time is reported separately, with the end-to-end ratio that includes it. Both
 students are then scored on the test split. The last line is one JSON object with the headline
@@ -76,13 +77,13 @@ def input_wait_share(model, dataset, steps: int = 30, warmup: int = 5) -> float:
 
 
 def _arm(cfg, source, teachers, datasets, cached: bool) -> dict:
+    """A compiled distiller and its training data (the cache built and timed, for `cached`)."""
     import keras
-    import numpy as np
 
     from keras_endokd.distill.distiller import Distiller
     from keras_endokd.distill.registry import build_losses
     from keras_endokd.models.student import build_student
-    from keras_endokd.run import _optimizer, cached_training_data, predict_labels
+    from keras_endokd.run import _optimizer, cached_training_data
 
     keras.utils.set_random_seed(cfg.seed)
     distiller = Distiller(build_student(source.num_classes, cfg.image_size), teachers,
@@ -95,14 +96,32 @@ def _arm(cfg, source, teachers, datasets, cached: bool) -> dict:
         t0 = time.perf_counter()
         train = cached_training_data(cfg, source, distiller)
         build_seconds = time.perf_counter() - t0
-    timer = EpochTimer()
-    distiller.fit(train, epochs=cfg.epochs, callbacks=[timer.callback], shuffle=False, verbose=2)
-    n = len(source.splits["train"])
-    accuracy = float(np.mean(predict_labels(distiller.student, datasets["test"]) == source.splits["test"].labels))
+    return {"distiller": distiller, "train": train, "timer": EpochTimer(),
+            "cache_build_seconds": build_seconds}
+
+
+def _train_interleaved(arms, epochs: int):
+    """Epoch 1 of every arm, then epoch 2 of every arm, ...: a machine that speeds up or slows
+    down during the benchmark (measured here: the same epoch took 6 s, then 10 s, minutes apart)
+    shifts both arms alike instead of biasing the ratio."""
+    for epoch in range(epochs):
+        for arm in arms:
+            arm["distiller"].fit(arm["train"], initial_epoch=epoch, epochs=epoch + 1,
+                                 callbacks=[arm["timer"].callback], shuffle=False, verbose=2)
+
+
+def _score(arm, source, datasets) -> dict:
+    import numpy as np
+
+    from keras_endokd.run import predict_labels
+
+    n, timer = len(source.splits["train"]), arm["timer"]
+    accuracy = float(np.mean(predict_labels(arm["distiller"].student, datasets["test"])
+                             == source.splits["test"].labels))
     return {"images_per_s": timer.images_per_s(n), "epoch_seconds": timer.seconds,
-            "input_wait_share": input_wait_share(distiller, train),
-            "cache_build_seconds": build_seconds, "total_seconds": build_seconds + sum(timer.seconds),
-            "accuracy": accuracy}
+            "input_wait_share": input_wait_share(arm["distiller"], arm["train"]),
+            "cache_build_seconds": arm["cache_build_seconds"],
+            "total_seconds": arm["cache_build_seconds"] + sum(timer.seconds), "accuracy": accuracy}
 
 
 def main(argv):
@@ -116,8 +135,9 @@ def main(argv):
     source = load_dataset(cfg.dataset, image_size=cfg.image_size, seed=cfg.seed)
     datasets = make_datasets(cfg, source)
     teachers, _ = obtain_teachers(cfg, source, datasets)
-    live = _arm(cfg, source, teachers, datasets, cached=False)
-    cached = _arm(cfg, source, teachers, datasets, cached=True)
+    arms = [_arm(cfg, source, teachers, datasets, cached=False), _arm(cfg, source, teachers, datasets, cached=True)]
+    _train_interleaved(arms, cfg.epochs)
+    live, cached = (_score(arm, source, datasets) for arm in arms)
     print(f"\n{'arm':8s} {'images/s':>9s} {'epoch s (median)':>17s} {'cache build s':>14s} {'total s':>8s} "
           f"{'test acc':>9s} {'input wait':>11s}")
     for name, r in (("live", live), ("cached", cached)):
