@@ -33,6 +33,10 @@ flags.DEFINE_boolean("per_tensor", False, "One weight scale per tensor in the in
                      "one per output channel: the int8 student shrinks from ~84 KB to ~60 KB (a 64 KB "
                      "flash budget) and agrees a little less with the float model. Not with --qat.",
                      flag_values=FLAGS)
+flags.DEFINE_integer("int8_max_bytes", None, "Flash budget of student_int8.tflite in bytes: when "
+                     "per-channel weight scales do not fit, only the layers that gain most keep them; "
+                     "0: per-channel everywhere. Default: the run's --int8_max_bytes (64000).",
+                     flag_values=FLAGS)
 flags.DEFINE_integer("fine_tune_epochs", 3, "Epochs of fine-tuning while pruning (and of QAT).",
                      flag_values=FLAGS)
 flags.DEFINE_float("min_agreement", 0.98, "Least top-1 agreement of each .tflite model with its "
@@ -64,6 +68,9 @@ def check_flags() -> str:
     if FLAGS.qat and FLAGS.per_tensor:
         raise UsageError("--per_tensor and --qat do not combine: quantization-aware training "
                          "learns per-channel weight ranges. Choose one.")
+    if FLAGS.int8_max_bytes is not None and FLAGS.int8_max_bytes < 0:
+        raise UsageError(f"--int8_max_bytes must be 0 (no budget) or a byte count, got "
+                         f"{FLAGS.int8_max_bytes}.")
     if not 0.0 <= FLAGS.min_agreement <= 1.0:
         raise UsageError(f"--min_agreement={FLAGS.min_agreement} is outside [0, 1].")
     return run_dir
@@ -83,6 +90,7 @@ def export(argv) -> dict:
     # Where the run folder is now, not where it was trained from: the teachers are found beside it.
     cfg = dataclasses.replace(cfg, output_dir=run_dir)
     sparsity = cfg.sparsity if FLAGS.sparsity is None else FLAGS.sparsity
+    max_bytes = cfg.int8_max_bytes if FLAGS.int8_max_bytes is None else FLAGS.int8_max_bytes
     student = keras.saving.load_model(os.path.join(run_dir, "student.keras"), safe_mode=True)
     source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.resolved_data_seed(),
                           cfg.image_size, on_bad_image=cfg.on_bad_image)
@@ -91,7 +99,7 @@ def export(argv) -> dict:
     teachers, _ = obtain_teachers(cfg, source, make_datasets(cfg, source))
     return export_student(
         run_dir, student, source, teachers, image_size=cfg.image_size, sparsity=sparsity,
-        temperature=cfg.temperature, qat=FLAGS.qat, per_tensor=FLAGS.per_tensor, seed=cfg.seed,
+        temperature=cfg.temperature, qat=FLAGS.qat, per_tensor=FLAGS.per_tensor, int8_max_bytes=max_bytes, seed=cfg.seed,
         batch_size=cfg.batch_size,
         crop_border=cfg.crop_border, fine_tune_epochs=FLAGS.fine_tune_epochs,
         min_agreement=FLAGS.min_agreement,

@@ -80,6 +80,8 @@ class RunConfig:
     export: bool = True
     sparsity: float = 0.5
     per_tensor: bool = False  # integer models with one weight scale per tensor (export)
+    # Flash budget of the int8 model: per-channel scales only where they fit (export; 0: none).
+    int8_max_bytes: int = 64000  # deploy.export.MODEL_TARGET_BYTES
     min_agreement: float = 0.98  # deploy.export.DEFAULT_MIN_AGREEMENT
     verbose: Optional[int] = None
     deterministic: bool = True
@@ -232,6 +234,7 @@ def run(cfg: RunConfig) -> dict:
 
         export_student(run_dir, student, source, teachers, image_size=cfg.image_size,
                        sparsity=cfg.sparsity, per_tensor=cfg.per_tensor,
+                       int8_max_bytes=cfg.int8_max_bytes,
                        temperature=cfg.temperature, seed=cfg.seed,
                        batch_size=cfg.batch_size, crop_border=cfg.crop_border,
                        min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))

@@ -78,6 +78,10 @@ flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [
 flags.DEFINE_boolean("per_tensor", False, "One weight scale per tensor in the exported integer models "
                      "instead of one per output channel: the int8 student fits a 64 KB flash budget "
                      "(~60 KB instead of ~84 KB) and agrees a little less with the float model.", **_F)
+flags.DEFINE_integer("int8_max_bytes", 64000, "Flash budget of student_int8.tflite in bytes (the 64 KB microcontroller "
+                     "target). When one weight scale per output channel does not fit, the layers that "
+                     "gain most from it keep it and the others get one per tensor; 0: per-channel "
+                     "everywhere, whatever the size.", **_F)
 flags.DEFINE_boolean("overwrite", False, "Replace the run already in --output_dir (its outputs are "
                      "deleted first). Without it, a folder holding a run is refused.", **_F)
 flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last completed epoch "
@@ -112,6 +116,8 @@ def config_from_flags():
         raise UsageError(f"--image_size={FLAGS.image_size} is impossible: the student needs 32 to 1024 pixels.")
     if not 0.0 <= FLAGS.sparsity < 1.0:
         raise UsageError(f"--sparsity={FLAGS.sparsity} is outside [0, 1).")
+    if FLAGS.int8_max_bytes < 0:
+        raise UsageError(f"--int8_max_bytes must be 0 (no budget) or a byte count, got {FLAGS.int8_max_bytes}.")
     for name in ("epochs", "teacher_epochs", "batch_size", "heads", "teacher_views", "cpu_devices"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
@@ -132,7 +138,7 @@ def config_from_flags():
         learning_rate=FLAGS.learning_rate, teacher_learning_rate=FLAGS.teacher_learning_rate,
         temperature=FLAGS.temperature, ce_weight=FLAGS.ce_weight, loss_weights=loss_weights,
         seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
-        per_tensor=FLAGS.per_tensor,
+        per_tensor=FLAGS.per_tensor, int8_max_bytes=FLAGS.int8_max_bytes,
         teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
         min_agreement=FLAGS.min_agreement, deterministic=FLAGS.deterministic,
         strategy=FLAGS.strategy, cpu_devices=FLAGS.cpu_devices, overwrite=FLAGS.overwrite,

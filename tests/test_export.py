@@ -194,6 +194,10 @@ def test_int8_model_is_a_microcontroller_model(exported):
     header = _read(run_dir, "micro_op_resolver.h").decode()
     assert "AddConv2D();" in header and "AddDepthwiseConv2D();" in header
     assert report["micro"]["model_bytes"] == len(int8)
+    # per-channel scales (~83 KB) do not fit the default 64,000-byte budget: mixed scales do
+    scales = report["conversion"]["int8_weight_scales"]
+    assert scales["per_channel_bytes"] > 64000 >= len(int8) == scales["bytes"]
+    assert report["micro"]["model_target_met"] and scales["per_channel_layers"]
 
 
 def _weight_scales(model_bytes) -> list:
@@ -206,20 +210,83 @@ def _weight_scales(model_bytes) -> list:
             and t.quantization.scale is not None]
 
 
-def test_per_tensor_int8_model_is_smaller_and_agrees(student, source):
+@pytest.fixture(scope="module")
+def two_conversions(student, source):
+    """The toy student's int8 model with per-channel and with per-tensor weight scales."""
     from keras_endokd.deploy.convert import probability_model, to_tflite
-    from keras_endokd.deploy.export import _agreement
 
     model = probability_model(student)
     images = source.splits["train"].images[:100].astype(np.float32)
-    test = source.splits["test"].images.astype(np.float32)
-    per_channel = to_tflite(model, images, "int8", "int8")
+    named = to_tflite(model, images, "int8", "int8")
     per_tensor = to_tflite(model, images, "int8", "int8", per_channel=False)
+    return model, named, per_tensor
+
+
+def test_per_tensor_int8_model_is_smaller_and_agrees(two_conversions, source):
+    from keras_endokd.deploy.export import _agreement
+
+    model, per_channel, per_tensor = two_conversions
+    test = source.splits["test"].images.astype(np.float32)
     assert max(_weight_scales(per_channel)) > 1 and set(_weight_scales(per_tensor)) == {1}
     # ~1,970 per-channel scales (float32) and zero points (int64) are gone
     assert len(per_channel) - len(per_tensor) > 12 * 1000
     reference = np.argmax(model.predict(test, verbose=0), -1)
     assert _agreement(TFLiteModel(per_tensor).predict(test), reference) >= 0.95
+
+
+def test_splicing_per_channel_layers_into_the_per_tensor_model(two_conversions, source):
+    from keras_endokd.deploy.granularity import splice, weighted_layers
+
+    _, per_channel, per_tensor = two_conversions
+    layers = weighted_layers(per_channel)
+    assert [l["channels"] for l in layers] == [16, 16, 32, 32, 64, 64, 64, 64, 128, 128, 128,
+                                               128, 104, 4]
+    test = source.splits["test"].images.astype(np.float32)
+    every = splice(per_tensor, per_channel, [l["op"] for l in layers])
+    none = splice(per_tensor, per_channel, [])
+    np.testing.assert_array_equal(TFLiteModel(every).predict(test), TFLiteModel(per_channel).predict(test))
+    np.testing.assert_array_equal(TFLiteModel(none).predict(test), TFLiteModel(per_tensor).predict(test))
+    # one depthwise layer of 32 channels: its filter and bias gain 31 scales and zero points each
+    block2_dw = next(l for l in layers if l["channels"] == 32 and l["type"] == "DEPTHWISE_CONV_2D")
+    one = splice(per_tensor, per_channel, [block2_dw["op"]])
+    scales = sorted(_weight_scales(one))
+    assert len(scales) == len(_weight_scales(none)) and scales[-2:] == [32, 32] and scales[-3] == 1
+    assert 2 * 31 * 12 <= len(one) - len(none) <= 2 * 31 * 12 + 64  # + flatbuffer alignment
+
+
+def test_mixed_scales_stay_within_the_budget_and_lower_the_error(two_conversions, source):
+    from keras_endokd.deploy.granularity import choose_per_channel_layers
+
+    model, named, per_tensor = two_conversions
+    images = source.splits["train"].images[:100].astype(np.float32)
+    reference = np.asarray(model(images))
+
+    def error(candidate):
+        return float(np.mean(np.sum((TFLiteModel(candidate).predict(images) - reference) ** 2, -1)))
+
+    budget = len(per_tensor) + 3000
+    mixed, report = choose_per_channel_layers(per_tensor, named, budget, error, names_from=named)
+    assert len(mixed) == report["bytes"] <= budget
+    assert report["per_channel_layers"], "no layer gained from per-channel scales"
+    assert set(report["per_channel_layers"]) | set(report["per_tensor_layers"]) == {
+        "stem_conv", "logits", *(f"block{i}_{k}" for i in range(1, 7) for k in ("dw", "pw"))}
+    assert report["error"] < report["error_per_tensor"] == pytest.approx(error(per_tensor))
+    assert report["error"] == pytest.approx(error(mixed))
+    # the budget below the per-tensor model itself: nothing fits, the per-tensor model is kept
+    smallest, report = choose_per_channel_layers(per_tensor, named, 1000, error)
+    assert report["per_channel_layers"] == [] and error(smallest) == report["error_per_tensor"]
+
+
+def test_splicing_refuses_conversions_calibrated_differently(two_conversions, source):
+    """Layers are interchangeable only when both conversions share every activation range."""
+    from keras_endokd.deploy.convert import to_tflite
+    from keras_endokd.deploy.granularity import splice
+
+    model, per_channel, _ = two_conversions
+    darker = source.splits["train"].images[:100].astype(np.float32) * 0.3
+    darker[0, 0, 0], darker[0, -1, -1] = 0.0, 255.0  # the same input range, other activations
+    with pytest.raises(ValueError, match="different activation scales"):
+        splice(to_tflite(model, darker, "int8", "int8", per_channel=False), per_channel, [2])
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ from keras_endokd.data.source import DatasetSource
 from keras_endokd.deploy import micro
 from keras_endokd.deploy.convert import (check_pixel_input, input_quantization,
                                          probability_model, strip_strings, to_tflite)
+from keras_endokd.deploy.granularity import choose_per_channel_layers
 from keras_endokd.deploy.litert import TFLiteModel, op_names, tensor_types
 from keras_endokd.deploy.metadata import write_metadata
 from keras_endokd.deploy.prune import kernel_sparsity, prune_student, teacher_logits
@@ -139,6 +140,7 @@ def export_student(
     temperature: float = 4.0,
     qat: bool = False,
     per_tensor: bool = False,
+    int8_max_bytes: int = MODEL_TARGET_BYTES,
     seed: int = 0,
     batch_size: int = 64,
     crop_border: bool = False,
@@ -158,6 +160,9 @@ def export_student(
       qat: quantization-aware training before the integer conversion (pruning-preserving).
       per_tensor: one weight scale per tensor in the integer models instead of one per output
         channel: smaller (the int8 student: ~60 KB instead of ~84 KB), slightly less faithful.
+      int8_max_bytes: flash budget of student_int8.tflite. When the per-channel model is larger,
+        only the layers that gain most keep per-channel scales (`deploy.granularity`); 0: no
+        budget, per-channel everywhere. Not applied with qat (it learns per-channel ranges).
       min_agreement: least top-1 agreement of each .tflite with its Keras model on the test split.
       command: the command line that produced the export, for the model card.
 
@@ -180,7 +185,8 @@ def export_student(
     report = {
         "status": "running", "command": command,
         "settings": {"image_size": image_size, "sparsity": sparsity, "temperature": temperature,
-                     "qat": qat, "per_tensor": per_tensor, "seed": seed, "batch_size": batch_size,
+                     "qat": qat, "per_tensor": per_tensor,
+                     "int8_max_bytes": int8_max_bytes, "seed": seed, "batch_size": batch_size,
                      "crop_border": crop_border, "fine_tune_epochs": fine_tune_epochs,
                      "min_agreement": min_agreement, "teachers": len(teachers)},
         "dataset": _dataset_summary(source),
@@ -188,7 +194,7 @@ def export_student(
     try:
         return _export(run_dir, student, source, teachers, report, start, image_size=image_size,
                        sparsity=sparsity, temperature=temperature, qat=qat,
-                       per_tensor=per_tensor, seed=seed,
+                       per_tensor=per_tensor, int8_max_bytes=int8_max_bytes, seed=seed,
                        batch_size=batch_size, crop_border=crop_border,
                        fine_tune_epochs=fine_tune_epochs, min_agreement=min_agreement,
                        representative_count=representative_count, verbose=verbose)
@@ -200,8 +206,8 @@ def export_student(
 
 
 def _export(run_dir, student, source, teachers, report, start, *, image_size, sparsity,
-            temperature, qat, per_tensor, seed, batch_size, crop_border, fine_tune_epochs, min_agreement,
-            representative_count, verbose):
+            temperature, qat, per_tensor, int8_max_bytes, seed, batch_size, crop_border,
+            fine_tune_epochs, min_agreement, representative_count, verbose):
     train, val, test = (source.splits[k] for k in ("train", "val", "test"))
     common = dict(image_size=image_size, temperature=temperature, batch_size=batch_size,
                   crop_border=crop_border, seed=seed, verbose=verbose)
@@ -242,16 +248,19 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
     params = int(sum(np.prod(w.shape) for w in student.trainable_weights))
     meta = dict(labels=source.class_names, name="keras-endokd student",
                 description=_description(source, params), version=_version(), license=LICENSE)
+    int8, int8_scales = _int8_model(integer_source, representative, per_tensor,
+                                    0 if qat else int8_max_bytes)
     models = {
         "float32": write_metadata(to_tflite(probabilities), **meta),
-        "int8": strip_strings(to_tflite(integer_source, representative, "int8", "int8",
-                                        per_channel=not per_tensor)),
+        "int8": int8,
         "android": write_metadata(to_tflite(integer_source, representative, "uint8", "float32",
                                             per_channel=not per_tensor), **meta),
     }
     report["conversion"] = {
         "representative_images": len(representative),
-        "weight_scales": "per tensor" if per_tensor else "per output channel",
+        "weight_scales": int8_scales.pop("weight_scales"),
+        "int8_weight_scales": int8_scales,
+        "android_weight_scales": "per tensor" if per_tensor else "per output channel",
         "from": "tf_keras QAT model" if qat
         else "Keras 3 student (TFLiteConverter.from_keras_model)",
         "input_quantization": {k: check_pixel_input(m) for k, m in models.items()},
@@ -306,6 +315,39 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
     _log(f"wrote {len(report['files'])} files to {os.path.abspath(run_dir)} in "
          f"{report['seconds']:.0f}s")
     return report
+
+
+def _int8_model(model, representative, per_tensor: bool, max_bytes: int):
+    """student_int8.tflite's bytes, within `max_bytes` when per-channel scales do not fit.
+
+    Returns (bytes, {"weight_scales": summary, ...details}). The layers that keep per-channel
+    scales are chosen on the representative (training) images against the float model.
+    """
+    if per_tensor:
+        return (strip_strings(to_tflite(model, representative, "int8", "int8", per_channel=False)),
+                {"weight_scales": "per tensor"})
+    named = to_tflite(model, representative, "int8", "int8")
+    per_channel = strip_strings(named)
+    if not max_bytes or len(per_channel) <= max_bytes:
+        return per_channel, {"weight_scales": "per output channel"}
+    per_tensor_model = strip_strings(to_tflite(model, representative, "int8", "int8",
+                                               per_channel=False))
+    reference = _batched(_inference(model), representative)
+
+    def error(candidate: bytes) -> float:
+        probabilities = _batched(TFLiteModel(candidate).predict, representative)
+        return float(np.mean(np.sum((probabilities - reference) ** 2, axis=-1)))
+
+    mixed, details = choose_per_channel_layers(per_tensor_model, per_channel, max_bytes, error,
+                                               names_from=named)
+    details["per_channel_bytes"] = len(per_channel)
+    summary = (f"per output channel in {len(details['per_channel_layers'])} of "
+               f"{len(details['per_channel_layers']) + len(details['per_tensor_layers'])} weighted "
+               f"layers, per tensor elsewhere (a {max_bytes:,}-byte budget)")
+    _log(f"int8 weight scales: {summary}: {', '.join(details['per_channel_layers']) or 'none'}; "
+         f"{len(per_channel):,} -> {len(mixed):,} bytes, calibration error "
+         f"{details['error_per_tensor']:.2e} (per tensor) -> {details['error']:.2e}")
+    return mixed, {"weight_scales": summary, **details}
 
 
 def _yes(flag) -> str:
