@@ -7,7 +7,7 @@ reuses its stored teachers for distillation while pruning, and writes the files 
     python -m keras_endokd.export --run_dir=runs/latest
     python -m keras_endokd.export --run_dir=runs/latest --sparsity=0.8 --qat
     python -m keras_endokd.export --run_dir=runs/latest --sparsity=0      # no pruning
-    python -m keras_endokd.export --run_dir=runs/latest --per_tensor      # int8 under 64 KB
+    python -m keras_endokd.export --run_dir=runs/latest --int8_max_bytes=0  # per-channel int8 (84 KB)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ flags.DEFINE_integer("int8_max_bytes", None, "Flash budget of student_int8.tflit
                      flag_values=FLAGS)
 flags.DEFINE_integer("fine_tune_epochs", 3, "Epochs of fine-tuning while pruning (and of QAT).",
                      flag_values=FLAGS)
-flags.DEFINE_float("min_agreement", 0.98, "Least top-1 agreement of each .tflite model with its "
+flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each .tflite model with its "
                    "Keras model on the test split; below it the export fails.", flag_values=FLAGS)
 
 

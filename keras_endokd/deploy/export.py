@@ -56,9 +56,9 @@ TFLITE_FILES = {"float32": "student_float32.tflite", "int8": "student_int8.tflit
 LICENSE = "Apache-2.0"
 
 
-# The project's target is 99% (int8 at 128x128); measured 98.75% and 99.5% in two default runs
-# (training is not bit-reproducible), so the gate sits at 98% until the target is met reliably.
-DEFAULT_MIN_AGREEMENT = 0.98
+# The project's target (int8 at 128x128). Measured on the test split of two default-size runs:
+# mixed-scale int8 99.75% and 99.5%, per-channel 99.6% and 99.75%; a disagreement is a near tie.
+DEFAULT_MIN_AGREEMENT = 0.99
 
 
 class ExportCheckError(RuntimeError):
