@@ -10,6 +10,7 @@ students are then scored on the test split. The last line is one JSON object wit
 figures.
 
     python -m experiments.bench_train [--epochs=8] [--teachers=mobile_x3,mobile_x2,mobile_x2]
+        [--teacher_views=4] [--seed=0]
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ flags.DEFINE_list("teachers", ["mobile_x3", "mobile_x2", "mobile_x2"],
 flags.DEFINE_string("kd", "relation", "Distillation losses of both arms.")
 flags.DEFINE_integer("image_size", 128, "Input size.")
 flags.DEFINE_string("teacher_dir", "runs/teachers", "Trained teachers are reused from here (or trained).")
+flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the cached arm.")
+flags.DEFINE_integer("seed", 0, "Students' initialisation, augmentation and view draws; the data "
+                     "split and the teachers stay those of seed 0, so seeds vary only the students.")
 
 
 class EpochTimer:
@@ -131,8 +135,9 @@ def main(argv):
 
     cfg = RunConfig(kd=FLAGS.kd, teachers=tuple(FLAGS.teachers), image_size=FLAGS.image_size,
                     epochs=FLAGS.epochs, teacher_dir=FLAGS.teacher_dir, teacher_cache="memory",
-                    output_dir="runs/bench_train", export=False)
-    source = load_dataset(cfg.dataset, image_size=cfg.image_size, seed=cfg.seed)
+                    teacher_views=FLAGS.teacher_views, seed=FLAGS.seed, data_seed=0,
+                    teacher_seed=0, output_dir="runs/bench_train", export=False)
+    source = load_dataset(cfg.dataset, image_size=cfg.image_size, seed=cfg.resolved_data_seed())
     datasets = make_datasets(cfg, source)
     teachers, _ = obtain_teachers(cfg, source, datasets)
     arms = [_arm(cfg, source, teachers, datasets, cached=False), _arm(cfg, source, teachers, datasets, cached=True)]
