@@ -290,6 +290,29 @@ def test_splicing_refuses_conversions_calibrated_differently(two_conversions, so
 
 
 @pytest.mark.slow
+def test_mixed_scale_int8_model_gives_the_same_scores_in_tflite_micro(exported, source):
+    """The microcontroller runtime reads the per-channel and the per-tensor layers of the spliced
+    model as LiteRT does: same int8 scores (reference vs optimized kernels: within 1 step)."""
+    runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
+                                  reason="tflite-micro not installed: pip install .[micro]")
+    run_dir, report = exported
+    int8 = _read(run_dir, "student_int8.tflite")
+    assert report["conversion"]["int8_weight_scales"]["per_channel_layers"]  # really mixed
+    images = source.splits["test"].images[:8]
+    litert = TFLiteModel(int8)
+    micro_interpreter = runtime.Interpreter.from_bytes(int8, arena_size=1 << 20)
+    for image in images:
+        q = (image.astype(np.int16) - 128).astype(np.int8)[None]
+        micro_interpreter.set_input(q, 0)
+        micro_interpreter.invoke()
+        on_micro = micro_interpreter.get_output(0).astype(np.int16)
+        litert.interpreter.set_tensor(litert.input_details["index"], q)
+        litert.interpreter.invoke()
+        on_litert = litert.interpreter.get_tensor(litert.output_details[0]["index"]).astype(np.int16)
+        assert np.abs(on_micro - on_litert).max() <= 1
+
+
+@pytest.mark.slow
 def test_android_model_metadata_reads_back(exported):
     run_dir, _ = exported
     android = _read(run_dir, "student_android.tflite")
