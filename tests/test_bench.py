@@ -20,3 +20,11 @@ def test_bench_infer_prints_json_summary(tmp_path, capsys):
             continue
         assert isinstance(summary[key], (int, float)) and summary[key] > 0, key
     assert any(line.startswith("mobilenetv3small_int8") for line in lines)
+
+
+def test_bench_step_times_every_part_of_a_distillation_step():
+    from experiments import bench_step
+
+    t = bench_step.step_times("relation", ["tiny_resnet"], image_size=32, batch_size=4, rounds=1)
+    assert set(t) == {"student_step_ms", "cached_step_ms", "live_step_ms", "teacher_forwards_ms"}
+    assert all(v > 0 for v in t.values())
