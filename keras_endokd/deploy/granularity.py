@@ -41,9 +41,9 @@ def _write(model) -> bytes:
 
 
 def _op_name(model, op) -> str:
-    code = model.operatorCodes[op.opcodeIndex]
-    code = max(code.builtinCode, code.deprecatedBuiltinCode)
-    return next(k for k, v in vars(schema_fb.BuiltinOperator).items() if v == code)
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
 
 
 def _scales(tensor) -> np.ndarray:
