@@ -28,3 +28,34 @@ def test_bench_step_times_every_part_of_a_distillation_step():
     t = bench_step.step_times("relation", ["tiny_resnet"], image_size=32, batch_size=4, rounds=1)
     assert set(t) == {"student_step_ms", "cached_step_ms", "live_step_ms", "teacher_forwards_ms"}
     assert all(v > 0 for v in t.values())
+
+
+def test_pair_probe_reports_each_width_and_refuses_bad_flags(capsys):
+    """Runs end to end on a few tiny images (learning is what the full-size probe measures)."""
+    from experiments import pair_probe
+
+    argv = ["pair_probe", "--pair=polyps,normal-pylorus", "--widths=1,2", "--per_class=8",
+            "--test_per_class=4", "--epochs=1", "--image_size=32"]
+    assert pair_probe.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [row["width"] for row in summary["widths"]] == [1.0, 2.0]
+    assert summary["widths"][0]["params"] < summary["widths"][1]["params"]
+    for row in summary["widths"]:  # accuracies over 16 train and 8 test images
+        assert (row["train_accuracy"] * 16).is_integer() and (row["test_accuracy"] * 8).is_integer()
+
+    assert pair_probe.main(["pair_probe", '--difficulty={"erosion_width": 1}']) == 2
+    assert "erosion_width" in capsys.readouterr().err
+    assert pair_probe.main(["pair_probe", "--pair=polyps,polyp"]) == 2
+    assert "--pair" in capsys.readouterr().err
+
+
+def test_pair_probe_difficulty_overrides_reach_the_generator():
+    from experiments import pair_probe
+
+    difficulty = pair_probe.parse_difficulty('{"erosion_width_range": [0.006, 0.02], "pip_prob": 0}')
+    assert difficulty.erosion_width_range == (0.006, 0.02) and difficulty.pip_prob == 0
+    train, test = pair_probe.pair_splits(["esophagitis", "normal-z-line"], 3, 2, 32, 0, difficulty)
+    assert list(train.labels) == [0, 1] * 3 and list(test.labels) == [0, 1] * 2
+    default, _ = pair_probe.pair_splits(["esophagitis", "normal-z-line"], 3, 2, 32, 0,
+                                        pair_probe.parse_difficulty("{}"))
+    assert (train.images != default.images).any()  # the overrides changed the pixels
