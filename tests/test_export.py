@@ -292,24 +292,32 @@ def test_splicing_refuses_conversions_calibrated_differently(two_conversions, so
 @pytest.mark.slow
 def test_mixed_scale_int8_model_gives_the_same_scores_in_tflite_micro(exported, source):
     """The microcontroller runtime reads the per-channel and the per-tensor layers of the spliced
-    model as LiteRT does: same int8 scores (reference vs optimized kernels: within 1 step)."""
+    model exactly as LiteRT's built-in kernels do: identical int8 scores.
+
+    Against LiteRT's default XNNPACK delegate the scores differ by up to ~6 steps of 1/256 on
+    some images, for the converter's own per-channel and per-tensor models as much as for the
+    spliced one (measured on 64 images): XNNPACK requantizes differently, so it is not the
+    reference here."""
     runtime = pytest.importorskip("tflite_micro.python.tflite_micro.runtime",
                                   reason="tflite-micro not installed: pip install .[micro]")
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
     run_dir, report = exported
     int8 = _read(run_dir, "student_int8.tflite")
     assert report["conversion"]["int8_weight_scales"]["per_channel_layers"]  # really mixed
-    images = source.splits["test"].images[:8]
-    litert = TFLiteModel(int8)
+    assert report["conversion"]["int8_weight_scales"]["per_tensor_layers"]
+    builtin = Interpreter(model_content=int8,
+                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    builtin.allocate_tensors()
     micro_interpreter = runtime.Interpreter.from_bytes(int8, arena_size=1 << 20)
-    for image in images:
+    for image in source.splits["test"].images[:32]:
         q = (image.astype(np.int16) - 128).astype(np.int8)[None]
         micro_interpreter.set_input(q, 0)
         micro_interpreter.invoke()
-        on_micro = micro_interpreter.get_output(0).astype(np.int16)
-        litert.interpreter.set_tensor(litert.input_details["index"], q)
-        litert.interpreter.invoke()
-        on_litert = litert.interpreter.get_tensor(litert.output_details[0]["index"]).astype(np.int16)
-        assert np.abs(on_micro - on_litert).max() <= 1
+        builtin.set_tensor(builtin.get_input_details()[0]["index"], q)
+        builtin.invoke()
+        np.testing.assert_array_equal(micro_interpreter.get_output(0),
+                                      builtin.get_tensor(builtin.get_output_details()[0]["index"]))
 
 
 @pytest.mark.slow
