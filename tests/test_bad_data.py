@@ -17,6 +17,8 @@ from PIL import Image
 from keras_endokd.data import BadImageError, DatasetLayoutError, folder, kvasir, load_dataset
 from keras_endokd.data.pipeline import decode_image, make_dataset
 
+pytestmark = pytest.mark.xdist_group("test_bad_data")  # its module fixtures are built once, on one worker
+
 RED, GREEN, BLUE = (200, 40, 30), (30, 180, 60), (0, 0, 255)
 CMYK = (200, 50, 10, 30)
 # Adobe CMYK -> RGB: channel = (255 - C) * (255 - K) / 255.

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from keras_endokd.deploy import litert, metadata, micro
 
+pytestmark = pytest.mark.xdist_group("test_deploy_utils")  # its module fixtures are built once, on one worker
+
 LABELS = ["normal", "polyp", "ulcer", "bleeding"]
 
 

@@ -18,6 +18,8 @@ from keras_endokd.deploy.litert import TFLiteModel, tensor_types
 from keras_endokd.deploy.prune import fine_tune_steps, kernel_sparsity
 from keras_endokd.models.student import build_student
 
+pytestmark = pytest.mark.xdist_group("test_export")  # its module fixtures are built once, on one worker
+
 SIZE = 48
 CLASSES = ("blue", "green", "red", "yellow")  # sorted, as an image folder's classes are
 COLOURS = np.array([[40, 60, 210], [40, 200, 50], [210, 40, 40], [210, 200, 40]], np.float32)

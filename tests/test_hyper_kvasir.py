@@ -18,6 +18,8 @@ from PIL import Image
 from keras_endokd.data import hyper_kvasir, splits
 from keras_endokd.data.source import DatasetLayoutError
 
+pytestmark = pytest.mark.xdist_group("test_hyper_kvasir")  # its module fixtures are built once, on one worker
+
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hyper-kvasir"
 SPLIT_FILES = {2: SHARED / "official_splits" / "2_fold_split.csv",
                5: SHARED / "official_splits" / "5_fold_split.csv"}

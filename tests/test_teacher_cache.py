@@ -10,6 +10,8 @@ from keras_endokd.distill.teacher_cache import TeacherCache, cache_key
 from keras_endokd.models.student import build_student
 from keras_endokd.models.teachers import build_teacher
 
+pytestmark = pytest.mark.xdist_group("test_teacher_cache")  # its module fixtures are built once, on one worker
+
 
 @pytest.fixture(scope="module")
 def setup():
