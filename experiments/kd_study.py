@@ -77,7 +77,7 @@ flags.DEFINE_list("ablation_seeds", ["0"], "Training seeds of the ablations (emp
 # 10 epochs and 2 cached views keep the synthetic default within 45 minutes on 2 CPU cores (the
 # arithmetic is in experiments/README.md); the train command's default is 20.
 flags.DEFINE_integer("epochs", 10, "Student epochs of every run.", **_F)
-flags.DEFINE_integer("teacher_epochs", 12, "Epochs of each teacher (trained once).", **_F)
+flags.DEFINE_integer("teacher_epochs", 24, "Epochs of each teacher (trained once).", **_F)
 flags.DEFINE_list("teachers", ["mobile_x3", "mobile_x2"], "Teacher registry names.", **_F)
 flags.DEFINE_integer("image_size", 128, "Square input size, pixels.", **_F)
 flags.DEFINE_integer("batch_size", 32, "Batch size.", **_F)

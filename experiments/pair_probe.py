@@ -1,9 +1,10 @@
 """python -m experiments.pair_probe: can a model of the student's design learn one confusable pair?
 
 The difficulty calibration of the embedded data needs a teacher that clearly beats the student
-trained alone. On the 8-class task both the student (51.6k parameters) and the widest default
-teacher (mobile_x3, 428k) stall near chance on esophagitis vs normal-z-line, so that pair caps
-them both. This probe isolates one pair as a binary task: images from the embedded data's
+trained alone. With erosions drawn as thin red streaks only, both the student (51.6k parameters)
+and the widest default teacher (mobile_x3, 428k) stalled near chance on esophagitis vs
+normal-z-line, which capped them both; this probe found why (the streaks are not learned from 160
+frames per class at any width) and which cues are. It isolates one pair as a binary task: images from the embedded data's
 generator (same seed, split streams and difficulty), the student's architecture at each width, the same
 training (Distiller with cross-entropy, Adam with cosine decay, the training augmentation), and
 accuracy on the pair's train and test images. Train accuracy rising while test accuracy stays at

@@ -59,7 +59,7 @@ class RunConfig:
     teacher_dir: Optional[str] = None
     image_size: int = 128
     epochs: int = 20
-    teacher_epochs: int = 12
+    teacher_epochs: int = 24
     batch_size: int = 32
     learning_rate: float = 3e-3
     teacher_learning_rate: float = 2e-3

@@ -10,6 +10,8 @@ from PIL import Image
 from keras_endokd.data import synthetic
 from keras_endokd.data.synthetic import CLASS_NAMES, Difficulty, generate, load
 
+pytestmark = pytest.mark.xdist_group("test_synthetic")  # its module fixtures are built once, on one worker
+
 LABELS = np.array([3, 0, 7, 2, 2, 5, 1, 4, 6, 6, 0, 5], dtype=np.int32)
 
 
@@ -149,6 +151,17 @@ def test_difficulty_is_frozen_and_its_knobs_act():
     assert red_streaks(generate(labels, 96, difficulty=clean)) > red_streaks(
         generate(labels, 96, difficulty=subtle)
     )
+    # The inflamed band and the fibrin coats are esophagitis's own: the band reddens the frame,
+    # the coats turn part of the red streaks pale.
+    calm = dataclasses.replace(clean, erythema_range=(0.0, 0.0))
+    uncoated = dataclasses.replace(clean, fibrin_range=(0.0, 0.0))
+    def reddened(images):
+        images = images.astype(np.float32)
+        return ((images[..., 0] - images[..., 1]) > 60).mean()
+    assert reddened(generate(labels, 96, difficulty=clean)) > 1.1 * reddened(generate(labels, 96, difficulty=calm))
+    coated = generate(labels, 96, difficulty=clean).astype(int) - generate(labels, 96, difficulty=uncoated)
+    changed = np.abs(coated).max(-1) > 10  # the same scenes: only the coats differ
+    assert changed.mean() > 0.002 and coated[changed][:, 1].mean() > 15  # paler (greener) than the red
     noisy = dataclasses.replace(clean, noise_std=0.1)
     a, b = generate(labels[:2], 48, difficulty=clean), generate(labels[:2], 48, difficulty=noisy)
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 3
@@ -159,6 +172,8 @@ def test_bad_arguments_are_refused():
         Difficulty(blur_prob=1.5)
     with pytest.raises(ValueError, match="erosion_width_range"):
         Difficulty(erosion_width_range=(0.02, 0.01))
+    with pytest.raises(ValueError, match="fibrin_width"):
+        Difficulty(fibrin_width=0.0)
     with pytest.raises(ValueError, match="labels"):
         generate(np.array([0, 8]), 32)
     with pytest.raises(ValueError, match="image_size"):

@@ -7,8 +7,8 @@ eight classes carries the cue an endoscopist would name, modelled on the real fr
   glinting, sometimes with the pink polyp still on top.
 - dyed-resection-margins: a flat blue resection site with a ragged edge, a darker rim of pooled dye
   and red dots of cauterised vessels.
-- esophagitis: the z-line (see below) with red linear erosions, some fibrin-coated, running from
-  the boundary into the pale squamous mucosa.
+- esophagitis: the z-line (see below) with red linear erosions, many fibrin-coated, running from
+  the boundary into the pale squamous mucosa, in a patchy inflamed band that fades outwards.
 - normal-cecum: semicircular folds (arcs with their shadows) and the appendiceal orifice, a small
   dark crescent or slit; visible vessels.
 - normal-pylorus: a dark round opening with gastric folds converging on it.
@@ -24,10 +24,12 @@ on-screen text, specular glints, defocus, sensor noise, and (lower-GI classes on
 the green picture-in-picture scope-position box.
 
 Two pairs are confusable on purpose, as in the real data, through a latent severity per image:
-mild esophagitis (few, thin, faint erosions) against a normal z-line (irregular, slightly red), and
-a flat lifted bleb against a small smooth-edged resection site. At low resolution these look alike;
-thin streaks and edge raggedness tell them apart for a model that sees fine detail. Every knob that
-sets difficulty is in `Difficulty`.
+mild esophagitis (few, thin, faint erosions, little redness) against a normal z-line (irregular,
+slightly red), and a flat lifted bleb against a small smooth-edged resection site. Thin streaks
+alone are not enough: trained from scratch on 160 frames per class, CNNs of every width we tried
+stay at chance on streaks, even wide and fully opaque ones (`experiments.pair_probe`), so the
+severer cases also carry what a small CNN can learn, the inflamed band and pale fibrin coats.
+Every knob that sets difficulty is in `Difficulty`.
 
 Each image has its own random generator, seeded from (seed, split, index, label), so a split
 regenerates identically whether drawn whole or in pieces. Rendering is numpy vectorised over
@@ -74,9 +76,12 @@ class Difficulty:
     subtle_fraction: float = 0.35  # fraction of esophagitis images with faint erosions (mild)
     dyed_subtle_fraction: float = 0.35  # fraction of dyed images drawn ambiguous (flat, small)
     erosion_contrast_range: Tuple[float, float] = (0.15, 0.9)  # erosion opacity, mildest..severest
-    erosion_width_range: Tuple[float, float] = (0.003, 0.014)  # erosion width, mildest..severest
+    erosion_width_range: Tuple[float, float] = (0.005, 0.02)  # erosion width, mildest..severest
     zline_irregularity_range: Tuple[float, float] = (0.03, 0.2)  # z-line outline wobble / radius
     zline_redness_max: float = 0.35  # max reddening of squamous mucosa next to a normal z-line
+    erythema_range: Tuple[float, float] = (0.2, 1.0)  # inflamed band above esophagitis, mild..severe
+    fibrin_range: Tuple[float, float] = (0.3, 1.0)  # chance an erosion is fibrin-coated, mild..severe
+    fibrin_width: float = 0.6  # width of an erosion's fibrin coat, as a fraction of its own width
     margin_raggedness_range: Tuple[float, float] = (0.02, 0.16)  # resection edge jag / radius
     bleb_height_range: Tuple[float, float] = (0.1, 1.6)  # lifted-bleb dome height, flat..tall
     border_prob: float = 0.8  # black field stop (octagon or circle) around the image
@@ -92,6 +97,8 @@ class Difficulty:
                 raise ValueError(f"Difficulty.{f.name} must lie in [0, 1], got {value!r}.")
             if f.name.endswith("_range") and not (len(value) == 2 and 0.0 <= value[0] <= value[1]):
                 raise ValueError(f"Difficulty.{f.name} must be (lo, hi), 0 <= lo <= hi: {value!r}.")
+        if not self.fibrin_width > 0.0:
+            raise ValueError(f"Difficulty.fibrin_width must be > 0, got {self.fibrin_width!r}.")
 
 
 DEFAULT_DIFFICULTY = Difficulty()
@@ -367,11 +374,22 @@ def _zline(sc: _Scene, esophagitis: bool) -> np.ndarray:
     R.blend(img, img * R.rgb(gastric / squamous), np.maximum(gastric_mask, halo))
     if esophagitis:
         _erosions(sc, img, frame, u, v, r0, coeffs, sev)
+        _erythema(sc, img, boundary, dist, r0, squamous, sev)
     lumen = st.uniform(0.3, 0.6) * r0
     depth = 1.0 - 0.9 * R.ramp((R.col(lumen * 1.3) - dist) / R.col(lumen * 0.8))
     depth *= 0.6 + 0.4 * R.ramp(dist / R.col(r0 * 1.6))
     img *= depth[:, None]
     return img
+
+
+def _erythema(sc: _Scene, img, boundary, dist, r0, squamous, sev) -> None:
+    """Patchy redness of the squamous mucosa above the z-line, fading outwards: the inflamed,
+    oedematous band around reflux erosions. A normal z-line's reddening (`zline_redness_max`) is
+    narrower and fainter, so only the severer cases stand apart; the mild ones overlap it."""
+    reach = R.col(r0 * sc.st.uniform(0.4, 0.9))
+    band = np.exp(np.clip(boundary - dist, -10, 0) / reach)
+    band *= R.ramp(0.5 + 0.7 * sc.field("medium", 2)) * R.col(_lerp(sc.d.erythema_range, sev))
+    R.blend(img, img * R.rgb(sc.colour(_INFLAMED) / squamous), band)
 
 
 def _erosions(sc: _Scene, img, frame: R.Frame, u, v, r0, coeffs, sev) -> None:
@@ -394,21 +412,21 @@ def _erosions(sc: _Scene, img, frame: R.Frame, u, v, r0, coeffs, sev) -> None:
     rank = np.argsort(np.argsort(st.uniforms(k), axis=1), axis=1)  # which sectors have one
     alpha = st.uniforms(k, 0.7, 1.0) * _lerp(d.erosion_contrast_range, sev)[:, None]
     alpha = alpha * (rank < (1 + np.floor(sev * 7.99))[:, None])
-    coated = st.uniforms(k) < (0.8 * sev - 0.2)[:, None]  # a fibrin-covered centre
+    coated = st.uniforms(k) < _lerp(d.fibrin_range, sev)[:, None]  # a fibrin-covered centre
     wide = np.maximum(width, 0.7 * sc.pixel)  # as R.line: thinner than a pixel -> fainter
     inv_len, inv_w = 1.0 / length, 1.0 / wide
     params = {  # per (image, sector), looked up by every pixel of that sector
         "cos_l": np.cos(a) * inv_len, "sin_l": np.sin(a) * inv_len, "start_l": start * inv_len,
         "cos_w": np.cos(a) * inv_w, "sin_w": np.sin(a) * inv_w, "bend_w": bend * length**2 * inv_w,
         "red": alpha * width * inv_w,
-        "fibrin": alpha * coated * np.minimum(0.35 * width * inv_w, 1.0),
+        "fibrin": alpha * coated * np.minimum(d.fibrin_width * width * inv_w, 1.0),
     }
     params = np.stack([v.astype(F32) for v in params.values()], 1).reshape(m, -1)  # [m, 8 * k]
     for i in range(0, m, 4):  # a few images at a time: the lookups stay in cache
-        _erosion_sector(img[i : i + 4], u[i : i + 4], v[i : i + 4], params[i : i + 4], k)
+        _erosion_sector(img[i : i + 4], u[i : i + 4], v[i : i + 4], params[i : i + 4], k, d.fibrin_width)
 
 
-def _erosion_sector(img, u, v, params, k: int) -> None:
+def _erosion_sector(img, u, v, params, k: int, fibrin_width: float) -> None:
     """Draw each pixel's sector streak; `params` [m, 8 * k] as built by `_erosions`."""
     m = len(img)
     sector = np.floor((np.arctan2(v, u) + np.pi) * (k / (2 * np.pi))).astype(np.intp)
@@ -423,7 +441,8 @@ def _erosion_sector(img, u, v, params, k: int) -> None:
     profile = np.clip(t * 6.0, 0.0, 1.0) * np.clip((1.0 - t) * 3.0, 0.0, 1.0)
     np.square(across, out=across)
     R.blend(img, R.rgb([0.78, 0.16, 0.14]), np.exp(-across) * profile * red_a)
-    R.blend(img, R.rgb([0.93, 0.87, 0.74]), np.exp(across * F32(-1 / 0.35**2)) * profile * fibrin_a)
+    fibrin = np.exp(across * F32(-1 / fibrin_width**2)) * profile * fibrin_a
+    R.blend(img, R.rgb([0.93, 0.87, 0.74]), fibrin)
 
 
 def _normal_cecum(sc: _Scene) -> np.ndarray:
