@@ -26,9 +26,9 @@ the green picture-in-picture scope-position box.
 Two pairs are confusable on purpose, as in the real data, through a latent severity per image:
 mild esophagitis (few, thin, faint erosions, little redness) against a normal z-line (irregular,
 slightly red), and a flat lifted bleb against a small smooth-edged resection site. Thin streaks
-alone are not enough: trained from scratch on 160 frames per class, CNNs of every width we tried
-stay at chance on streaks, even wide and fully opaque ones (`experiments.pair_probe`), so the
-severer cases also carry what a small CNN can learn, the inflamed band and pale fibrin coats.
+alone are not enough: trained from scratch on 160 frames per class, the student's design at
+widths 1-3 stays at chance on streaks, even wide and fully opaque ones (`experiments.pair_probe`),
+so the severer cases also carry what it can learn, the inflamed band and pale fibrin coats.
 Every knob that sets difficulty is in `Difficulty`.
 
 Each image has its own random generator, seeded from (seed, split, index, label), so a split
