@@ -4,8 +4,8 @@ The difficulty calibration of the embedded data needs a teacher that clearly bea
 trained alone. With erosions drawn as thin red streaks only, both the student (51.6k parameters)
 and the widest default teacher (mobile_x3, 428k) stalled near chance on esophagitis vs
 normal-z-line, which capped them both; this probe found why (the streaks are not learned from 160
-frames per class at any width) and which cues are. It isolates one pair as a binary task: images from the embedded data's
-generator (same seed, split streams and difficulty), the student's architecture at each width, the same
+frames per class at widths 1-3) and which cues are. It isolates one pair as a binary task: images
+from the embedded data's generator (same seed, split streams and difficulty), the student's architecture at each width, the same
 training (Distiller with cross-entropy, Adam with cosine decay, the training augmentation), and
 accuracy on the pair's train and test images. Train accuracy rising while test accuracy stays at
 chance means the pair is memorised, not learned; a cue the calibration can use is one a wide

@@ -144,22 +144,18 @@ def test_difficulty_is_frozen_and_its_knobs_act():
     clean = Difficulty(noise_std=0.0, blur_prob=0.0, border_prob=0.0, text_prob=0.0,
                        specular_prob=0.0, subtle_fraction=0.0)
     subtle = dataclasses.replace(clean, subtle_fraction=1.0)
-    # Severe erosions draw more red (R well above G) outside the lumen than faint ones do.
-    def red_streaks(images):
+    def red_fraction(images, margin):  # pixels whose R stands above G by more than `margin`
         images = images.astype(np.float32)
-        return ((images[..., 0] - images[..., 1]) > 90).mean()
-    assert red_streaks(generate(labels, 96, difficulty=clean)) > red_streaks(
-        generate(labels, 96, difficulty=subtle)
-    )
+        return ((images[..., 0] - images[..., 1]) > margin).mean()
+    severe = generate(labels, 96, difficulty=clean)
+    # Severe erosions draw more red (R well above G) outside the lumen than faint ones do.
+    assert red_fraction(severe, 90) > red_fraction(generate(labels, 96, difficulty=subtle), 90)
     # The inflamed band and the fibrin coats are esophagitis's own: the band reddens the frame,
     # the coats turn part of the red streaks pale.
     calm = dataclasses.replace(clean, erythema_range=(0.0, 0.0))
     uncoated = dataclasses.replace(clean, fibrin_range=(0.0, 0.0))
-    def reddened(images):
-        images = images.astype(np.float32)
-        return ((images[..., 0] - images[..., 1]) > 60).mean()
-    assert reddened(generate(labels, 96, difficulty=clean)) > 1.1 * reddened(generate(labels, 96, difficulty=calm))
-    coated = generate(labels, 96, difficulty=clean).astype(int) - generate(labels, 96, difficulty=uncoated)
+    assert red_fraction(severe, 60) > 1.1 * red_fraction(generate(labels, 96, difficulty=calm), 60)
+    coated = severe.astype(int) - generate(labels, 96, difficulty=uncoated)
     changed = np.abs(coated).max(-1) > 10  # the same scenes: only the coats differ
     assert changed.mean() > 0.002 and coated[changed][:, 1].mean() > 15  # paler (greener) than the red
     noisy = dataclasses.replace(clean, noise_std=0.1)
