@@ -12,41 +12,41 @@
     distiller.student.save("student.keras")
 """
 
-from keras_endokd.data import DATASET_NAMES, DatasetSource, Split, load_dataset
-from keras_endokd.data.pipeline import make_dataset, preprocess_image
-from keras_endokd.distill.attention_transfer import AttentionTransfer
-from keras_endokd.distill.base import DistillationTerm
-from keras_endokd.distill.distiller import Distiller
-from keras_endokd.distill.fitnets import FitNetsDistillation
-from keras_endokd.distill.fusion import TeacherFusion
-from keras_endokd.distill.registry import KD_METHODS, build_losses
-from keras_endokd.distill.relation import FusionDistillation
-from keras_endokd.distill.response import ResponseDistillation
-from keras_endokd.distill.rkd import RelationalDistillation
-from keras_endokd.models.student import build_student
-from keras_endokd.models.teachers import DEFAULT_TEACHERS, TEACHER_NAMES, build_teacher
+import importlib
+
+# The public names, by the module that defines them. They are imported on first use (PEP 562):
+# the data commands, every --help and `keras_endokd.io` then run without importing TensorFlow,
+# which costs ~7 s of CPU per process on 2 cores.
+_EXPORTS = {
+    "keras_endokd.data": ("DATASET_NAMES", "DatasetSource", "Split", "load_dataset"),
+    "keras_endokd.data.pipeline": ("make_dataset", "preprocess_image"),
+    "keras_endokd.distill.attention_transfer": ("AttentionTransfer",),
+    "keras_endokd.distill.base": ("DistillationTerm",),
+    "keras_endokd.distill.distiller": ("Distiller",),
+    "keras_endokd.distill.fitnets": ("FitNetsDistillation",),
+    "keras_endokd.distill.fusion": ("TeacherFusion",),
+    "keras_endokd.distill.registry": ("KD_METHODS", "build_losses"),
+    "keras_endokd.distill.relation": ("FusionDistillation",),
+    "keras_endokd.distill.response": ("ResponseDistillation",),
+    "keras_endokd.distill.rkd": ("RelationalDistillation",),
+    "keras_endokd.models.student": ("build_student",),
+    "keras_endokd.models.teachers": ("DEFAULT_TEACHERS", "TEACHER_NAMES", "build_teacher"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttentionTransfer",
-    "DATASET_NAMES",
-    "DEFAULT_TEACHERS",
-    "DatasetSource",
-    "DistillationTerm",
-    "Distiller",
-    "FitNetsDistillation",
-    "FusionDistillation",
-    "KD_METHODS",
-    "RelationalDistillation",
-    "ResponseDistillation",
-    "Split",
-    "TEACHER_NAMES",
-    "TeacherFusion",
-    "build_losses",
-    "build_student",
-    "build_teacher",
-    "load_dataset",
-    "make_dataset",
-    "preprocess_image",
-]
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_endokd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})
