@@ -92,6 +92,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(restored, good["weights"]))
 
 
+@pytest.mark.slow
 def test_the_train_command_reports_a_diverging_loss(tmp_path, capsys):
     """The command's own `main`, in this process (no TensorFlow start-up of its own); without op
     determinism, which would stay switched on for the tests that follow."""
