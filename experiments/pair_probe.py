@@ -12,7 +12,7 @@ chance means the pair is memorised, not learned; a cue the calibration can use i
 model learns and a narrow one does not. `--difficulty` overrides `synthetic.Difficulty` knobs to
 try a redesigned cue before touching the generator's defaults.
 
-    python -m experiments.pair_probe [--pair=esophagitis,normal-z-line] [--widths=1,3]
+    python -m experiments.pair_probe [--pair=esophagitis,normal-z-line] [--widths=1,3] [--stem_stride=1]
         [--per_class=160] [--epochs=30] [--difficulty='{"erosion_width_range": [0.006, 0.02]}']
 """
 
@@ -35,6 +35,8 @@ flags.DEFINE_list("pair", ["esophagitis", "normal-z-line"], "The two Kvasir-v2 c
                   flag_values=FLAGS)
 flags.DEFINE_list("widths", ["1", "3"], "Width multipliers of the student's design (1: the "
                   "student, 2 and 3: the mobile_x2 / mobile_x3 teachers).", flag_values=FLAGS)
+flags.DEFINE_integer("stem_stride", 2, "Stride of the stem of every width (2: the student's design; "
+                     "1: full resolution, the mobile_hr teacher's).", flag_values=FLAGS)
 flags.DEFINE_integer("per_class", 160, "Training images per class (the embedded data has 160).",
                      flag_values=FLAGS)
 flags.DEFINE_integer("test_per_class", 100, "Test images per class (the embedded data has 100).",
@@ -81,8 +83,10 @@ def pair_splits(pair, per_class: int, test_per_class: int, image_size: int, seed
     return splits
 
 
-def probe(width: float, train, test, epochs: int, learning_rate: float, image_size: int, seed: int) -> dict:
-    """Trains the student's design at `width` on `train`; its accuracy on both splits."""
+def probe(width: float, train, test, epochs: int, learning_rate: float, image_size: int, seed: int,
+          stem_stride: int = 2) -> dict:
+    """Trains the student's design at `width` (and `stem_stride`) on `train`; its accuracy on both
+    splits."""
     import keras
     import numpy as np
 
@@ -93,7 +97,7 @@ def probe(width: float, train, test, epochs: int, learning_rate: float, image_si
 
     keras.utils.set_random_seed(seed)
     data = make_dataset(train, image_size, 32, training=True, seed=seed)
-    model = separable_cnn(2, image_size, width=width, name=f"probe_x{width:g}")
+    model = separable_cnn(2, image_size, width=width, name=f"probe_x{width:g}", stem_stride=stem_stride)
     trainer = Distiller(model)
     trainer.compile(optimizer=_optimizer(learning_rate, epochs, len(data)), metrics=["accuracy"])
     start = time.time()
@@ -103,7 +107,8 @@ def probe(width: float, train, test, epochs: int, learning_rate: float, image_si
         logits = model.predict(make_dataset(split, image_size, 64), verbose=0)
         return float(np.mean(np.argmax(logits, -1) == split.labels))
 
-    return {"width": width, "params": int(model.count_params()), "train_accuracy": accuracy(train),
+    return {"width": width, "stem_stride": stem_stride, "params": int(model.count_params()),
+            "train_accuracy": accuracy(train),
             "test_accuracy": accuracy(test), "seconds": round(time.time() - start, 1)}
 
 
@@ -116,6 +121,8 @@ def main(argv=None) -> int:
     try:
         difficulty = parse_difficulty(FLAGS.difficulty)
         widths = [float(w) for w in FLAGS.widths]
+        if FLAGS.stem_stride not in (1, 2):
+            raise ValueError(f"--stem_stride must be 1 or 2, got {FLAGS.stem_stride}.")
         bad = [name for name in FLAGS.pair if name not in synthetic.CLASS_NAMES]
         if len(FLAGS.pair) != 2 or bad:
             raise ValueError(f"--pair needs two of {', '.join(synthetic.CLASS_NAMES)}; got {FLAGS.pair}.")
@@ -129,7 +136,8 @@ def main(argv=None) -> int:
                               FLAGS.seed, difficulty)
     rows = []
     for width in widths:
-        rows.append(probe(width, train, test, FLAGS.epochs, FLAGS.learning_rate, FLAGS.image_size, FLAGS.seed))
+        rows.append(probe(width, train, test, FLAGS.epochs, FLAGS.learning_rate, FLAGS.image_size, FLAGS.seed,
+                          FLAGS.stem_stride))
         r = rows[-1]
         print(f"width {width:g} ({r['params']:,} params): train {r['train_accuracy']:.3f}, "
               f"test {r['test_accuracy']:.3f} ({r['seconds']:.0f}s)", flush=True)

@@ -47,6 +47,8 @@ def test_pair_probe_reports_each_width_and_refuses_bad_flags(capsys):
     assert "erosion_width" in capsys.readouterr().err
     assert pair_probe.main(["pair_probe", "--pair=polyps,polyp"]) == 2
     assert "--pair" in capsys.readouterr().err
+    assert pair_probe.main(["pair_probe", "--stem_stride=4"]) == 2
+    assert "--stem_stride" in capsys.readouterr().err
 
 
 def test_pair_probe_difficulty_overrides_reach_the_generator():

@@ -29,6 +29,17 @@ def test_student_taps_and_logits_shapes():
     assert shapes == {"feat_1": (32, 32, 32), "feat_2": (16, 16, 64), "feat_3": (8, 8, 104), "logits": (8,)}
 
 
+def test_a_stride_1_stem_keeps_the_parameters_and_doubles_every_tap():
+    from keras_endokd.models.student import separable_cnn
+
+    full = separable_cnn(8, 128, stem_stride=1)
+    assert trainable_param_count(full) == 51_640
+    shapes = {k: tuple(v.shape[1:3]) for k, v in tap_model(full, FEATURE_TAPS).output.items()}
+    assert shapes == {"feat_1": (64, 64), "feat_2": (32, 32), "feat_3": (16, 16)}
+    with pytest.raises(ValueError, match="stem_stride"):
+        separable_cnn(8, 128, stem_stride=4)
+
+
 def test_student_uses_only_microcontroller_operations():
     for layer in build_student(8, 128).layers:
         assert isinstance(layer, MICRO_LAYERS), f"{layer.name} is a {type(layer).__name__}"
@@ -47,7 +58,7 @@ def test_every_registered_teacher_builds_offline_with_taps(name):
     outputs = tap_model(teacher, [*FEATURE_TAPS, LOGITS])(np.zeros((1, 64, 64, 3), "float32"))
     assert outputs[LOGITS].shape == (1, 5)
     strides = [64 // outputs[t].shape[1] for t in FEATURE_TAPS]
-    assert strides == sorted(strides) and strides[0] >= 4
+    assert strides == sorted(strides) and strides[0] >= (2 if name == "mobile_hr" else 4)
 
 
 def test_unknown_teacher_names_the_choices():

@@ -67,9 +67,18 @@ def build_student(
 
 
 def separable_cnn(
-    num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.2, name: str = "student"
+    num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.2, name: str = "student",
+    stem_stride: int = 2,
 ) -> keras.Model:
-    """The student's architecture with every layer `width` times as wide (teachers use 2-3x)."""
+    """The student's architecture with every layer `width` times as wide (teachers use 2-3x).
+
+    `stem_stride=1` keeps the frame at full resolution through the stem, so every later map is
+    twice as large (taps at strides 2, 4, 8): four times the activations for the same
+    parameters. That is what a microcontroller cannot afford and a teacher can; thin streaks and
+    ragged edges are what the stride-2 stem loses (see the `mobile_hr` teacher).
+    """
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}.")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}.")
     if image_size < 32:
@@ -78,7 +87,8 @@ def separable_cnn(
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(inputs)
     x = _conv_bn_relu(
         x,
-        keras.layers.Conv2D(round(_STEM_FILTERS * width), 3, strides=2, padding="same", use_bias=False, name="stem_conv"),
+        keras.layers.Conv2D(round(_STEM_FILTERS * width), 3, strides=stem_stride, padding="same", use_bias=False,
+                            name="stem_conv"),
         "stem",
     )
     for i, (stride, filters, tap) in enumerate(_BLOCKS, start=1):
