@@ -44,7 +44,7 @@ flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"],
                   "Image files that cannot be decoded (truncated, corrupt, empty, missing from a split "
                   "file): skip them and list them in metrics.json, or stop before training.", **_F)
 flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.", **_F)
-flags.DEFINE_list("teachers", None, "Teachers: registry names (mobile_x3, mobile_x2, small_resnet, small_plaincnn, "
+flags.DEFINE_list("teachers", None, "Teachers: registry names (mobile_x3, mobile_x2, mobile_hr, small_resnet, small_plaincnn, "
                   "small_deepresnet, tiny_resnet, resnet50, densenet121, mobilenetv2, efficientnetb0) "
                   "or paths of saved .keras teachers. Default: mobile_x3,mobile_x2.", **_F)
 flags.DEFINE_string("teacher_weights", None, "Initial teacher weights: none (offline) or imagenet "

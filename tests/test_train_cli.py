@@ -38,3 +38,21 @@ def test_bad_flags_get_a_one_paragraph_error(tmp_path, capsys, flag, message):
     assert train.main(["train", flag, f"--output_dir={tmp_path / 'bad'}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and not os.path.exists(tmp_path / "bad")
+
+
+def test_flag_defaults_and_help_follow_the_library():
+    """The flags are defined without importing TensorFlow, so their defaults repeat RunConfig's and
+    the --teachers help lists the registry by hand: this keeps the copies equal."""
+    import dataclasses
+
+    from experiments import kd_study
+    from keras_endokd import train
+    from keras_endokd.models.teachers import TEACHER_NAMES
+    from keras_endokd.run import RunConfig
+
+    shared = [f for f in dataclasses.fields(RunConfig) if f.name in train.FLAGS and f.name != "teachers"]
+    assert len(shared) > 30
+    for field in shared:
+        assert train.FLAGS[field.name].default == field.default, field.name
+    assert kd_study.FLAGS["teacher_epochs"].default == RunConfig.teacher_epochs  # the study reuses them
+    assert all(name in train.FLAGS["teachers"].help for name in TEACHER_NAMES)
