@@ -61,6 +61,16 @@ def test_every_registered_teacher_builds_offline_with_taps(name):
     assert strides == sorted(strides) and strides[0] >= (2 if name == "mobile_hr" else 4)
 
 
+def test_every_public_name_of_the_package_resolves():
+    import keras_endokd as kd
+    from keras_endokd.distill.distiller import Distiller
+
+    assert kd.Distiller is Distiller and kd.build_student is build_student
+    assert all(getattr(kd, name) is not None for name in kd.__all__) and set(kd.__all__) <= set(dir(kd))
+    with pytest.raises(AttributeError, match="no attribute 'Distilller'"):
+        kd.Distilller
+
+
 def test_unknown_teacher_names_the_choices():
     with pytest.raises(ValueError, match="small_resnet"):
         build_teacher("resnet9000")
