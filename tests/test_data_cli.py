@@ -10,10 +10,10 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _data(*args):
+def _data(*args, python_options=()):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "keras_endokd.data", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, *python_options, "-m", "keras_endokd.data", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_synth_then_describe_the_written_folder_as_kvasir(tmp_path):
@@ -43,9 +43,7 @@ def test_describe_the_embedded_dataset_and_bad_commands():
 def test_the_data_commands_run_without_tensorflow():
     """The package imports its public names lazily: describing the embedded data never loads
     TensorFlow (whose start-up is most of a CLI's time on 2 cores)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "keras_endokd.data", "describe",
-                             "--image_size=32"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = _data("describe", "--image_size=32", python_options=("-X", "importtime"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["num_classes"] == 8
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
