@@ -1,6 +1,6 @@
 """python -m keras_endokd.train: distil a student from teachers, evaluate it and export it.
 
-With no flags it runs on the embedded synthetic dataset: trains three small teachers (or reuses
+With no flags it runs on the embedded synthetic dataset: trains two small teachers (or reuses
 them from an earlier run), distils the student with --kd=relation (multi-head-attention fusion of
 the teachers), writes metrics and the deployment files into --output_dir.
 
