@@ -108,7 +108,9 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     for method in MAIN_METHODS:
         assert method.label in rows, method.label
         cells = [c.strip() for c in rows[method.label].split("|")[1:-1]]
-        assert len(cells) == 9 and all(float(c) >= 0 for c in cells[2:]), cells  # 5 metrics, size, latency
+        assert len(cells) == 9, cells  # 5 metrics, size, latency
+        percents, mcc, deploy = [float(c) for c in cells[2:6]], float(cells[6]), [float(c) for c in cells[7:]]
+        assert all(0 <= p <= 100 for p in percents) and -1 <= mcc <= 1 and all(d > 0 for d in deploy), cells
     assert "Teacher tiny_resnet" in rows and "Teacher small_plaincnn" in rows
     assert "## Ablation: attention heads" in table and "## Ablation: temperature" in table
     assert "python -m experiments.kd_study --quick" in table
