@@ -129,4 +129,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from keras_endokd.console import quiet_native_logs
+
+    quiet_native_logs()  # before absl parses the flags and anything imports TensorFlow
     app.run(main)

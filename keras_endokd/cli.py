@@ -22,9 +22,14 @@ def parse_flags(flag_values, argv, doc: str, positional: bool = False):
     Commands keep their flags in their own FlagValues (several define --model or --dataset, and
     tests run them in one process), so absl's `app.run` parsing is not used. `--help` prints the
     module docstring and the flags; a malformed flag, or a positional argument where none is
-    expected, is a one-paragraph error.
+    expected, is a one-paragraph error. It first quiets TensorFlow's native log noise, which only
+    works before TensorFlow is imported (see `keras_endokd.console`).
     """
     from absl import flags
+
+    from keras_endokd.console import quiet_native_logs
+
+    quiet_native_logs()
 
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
