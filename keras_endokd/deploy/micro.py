@@ -4,7 +4,7 @@ A microcontroller has no file system: the `.tflite` bytes are compiled in as a 1
 `const` array (in flash, aligned because TFLM reads flatbuffer scalars in place). TFLM only
 links the kernels the application registers, so the resolver lines are generated from the
 model's operators. The tensor arena is measured by running the model in TFLM's own Python
-interpreter (package `tflite-micro`, optional).
+interpreter (package `tflite-micro`, a dependency).
 """
 
 import contextlib
