@@ -5,6 +5,11 @@ Distillation runs differ in the student's losses, not in their teachers: `--kd=r
 hashing everything that determines it: the registry name, the training data (the split's file
 paths and labels, or the pixels of in-memory images), the image size and preprocessing, and the
 training settings. A change in any of them gives a new key, so a stale teacher is never used.
+
+The default teachers of the embedded data ship inside the package (`SHIPPED_DIR`, as
+`keras.applications` ships weights) under the same keys: the default run then starts distilling at
+once, and a generator or setting change gives a key that no shipped file has, so they are trained
+again rather than reused stale. `python -m experiments.build_teachers` rebuilds them.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import keras
 import numpy as np
@@ -21,6 +26,7 @@ import numpy as np
 from keras_endokd.data.source import DatasetSource
 
 _STORE_VERSION = 1
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "pretrained")
 
 
 def data_fingerprint(source: DatasetSource, splits=("train", "val")) -> str:
@@ -40,8 +46,8 @@ def data_fingerprint(source: DatasetSource, splits=("train", "val")) -> str:
 class TeacherStore:
     """A folder of trained teachers: `<root>/<name>-<key>.keras` plus `<...>.json` (settings, scores)."""
 
-    def __init__(self, root: str):
-        self.root = root
+    def __init__(self, root: str, shipped_dir: Optional[str] = SHIPPED_DIR):
+        self.root, self.shipped_dir = root, shipped_dir
 
     def key(self, name: str, fingerprint: str, settings: dict) -> str:
         blob = json.dumps(
@@ -71,10 +77,16 @@ class TeacherStore:
         key = self.key(name, fingerprint, settings)
         path = self.path(name, key)
         info_path = path[: -len(".keras")] + ".json"
-        if os.path.isfile(path) and os.path.isfile(info_path):
-            model = keras.saving.load_model(path, safe_mode=True, compile=False)
-            with open(info_path) as f:
-                return model, json.load(f), True
+        for folder in (self.root, self.shipped_dir):
+            if folder is None:
+                continue
+            found = os.path.join(folder, os.path.basename(path))
+            found_info = found[: -len(".keras")] + ".json"
+            if os.path.isfile(found) and os.path.isfile(found_info):
+                model = keras.saving.load_model(found, safe_mode=True, compile=False)
+                with open(found_info) as f:
+                    info = json.load(f)
+                return model, {**info, "path": found, "shipped": folder == self.shipped_dir}, True
         backup_dir = path[: -len(".keras")] + ".backup"
         model, info = train(backup_dir)
         info = {**info, "name": name, "key": key, "settings": settings, "path": path}
