@@ -33,12 +33,19 @@ from keras_endokd.data.source import DatasetSource
 from keras_endokd.distill.distiller import Distiller
 from keras_endokd.distill.registry import build_losses, parse_kd
 from keras_endokd.distill.teacher_cache import TeacherCache, cache_key
-from keras_endokd.distill.teacher_store import TeacherStore, data_fingerprint
+from keras_endokd.distill.teacher_store import SHIPPED_DIR, TeacherStore, data_fingerprint
 from keras_endokd.distribute import is_chief, make_strategy, predict_locally
 from keras_endokd.evaluation import classification_metrics, plot_confusion_matrix
 from keras_endokd.models.student import build_student, trainable_param_count
 from keras_endokd.models.taps import FEATURE_TAPS, LOGITS, tap_model
 from keras_endokd.models.teachers import DEFAULT_TEACHERS, build_teacher
+
+
+# "views": `teacher_views` augmented views of each training image, rendered once; each epoch draws
+#   one view per image in a seeded order (distill.teacher_cache). The student alone and every
+#   distilled arm with the same seed train on identical batches; only the loss differs.
+# "fresh": new augmentation draws every batch; teachers then run live on each batch.
+TRAIN_INPUTS = ("views", "fresh")
 
 
 @dataclasses.dataclass
@@ -48,6 +55,8 @@ class RunConfig:
     kd: str = "relation"
     fusion: str = "attention"
     heads: int = 4
+    # Relation: centre the fused target and the student's features before matching them.
+    relation_centre: bool = True
     dataset: str = "synthetic"
     data_dir: Optional[str] = None
     split_file: Optional[str] = None
@@ -57,6 +66,8 @@ class RunConfig:
     teachers: Tuple[str, ...] = DEFAULT_TEACHERS
     teacher_weights: Optional[str] = None
     teacher_dir: Optional[str] = None
+    # Use the teachers shipped in the package when their key (data and settings) matches.
+    shipped_teachers: bool = True
     image_size: int = 128
     epochs: int = 20
     teacher_epochs: int = 24
@@ -73,6 +84,8 @@ class RunConfig:
     teacher_seed: Optional[int] = None
     output_dir: str = "runs/latest"
     teacher_cache: str = "auto"
+    # The training input stream (see `TRAIN_INPUTS`): every arm of a comparison uses the same one.
+    train_inputs: str = "views"
     teacher_views: int = 4
     # Cache every teacher tap, not just those this run's losses read: one cache then serves runs
     # with different --kd (a study's methods), at the cost of storing taps some runs never use.
@@ -133,6 +146,7 @@ def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: di
     if cfg.resolved_teacher_seed() != cfg.seed:
         cfg = dataclasses.replace(cfg, seed=cfg.resolved_teacher_seed())
         datasets = make_datasets(cfg, source)
+    log(f"teacher {name}: training for {cfg.teacher_epochs} epochs (none stored for these data and settings)")
     keras.utils.set_random_seed(cfg.seed)
     model = build_teacher(name, source.num_classes, cfg.image_size, weights=cfg.teacher_weights)
     trainer = Distiller(model)  # cross-entropy alone; the one training path tf.distribute needs
@@ -147,11 +161,19 @@ def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: di
     return model, {"test_accuracy": accuracy, "params": int(model.count_params()), "train_seconds": time.time() - start}
 
 
+def teacher_settings(cfg: RunConfig) -> dict:
+    """The settings a registry teacher's training depends on (its store key, with the data)."""
+    settings = {k: getattr(cfg, k) for k in ("image_size", "crop_border", "teacher_epochs",
+                                             "teacher_learning_rate", "teacher_weights", "batch_size")}
+    settings["seed"] = cfg.resolved_teacher_seed()
+    return settings
+
+
 def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tuple[list, list]:
     """Teachers from `.keras` paths, or from the store, training those it lacks."""
     if parse_kd(cfg.kd) == ["none"]:
         return [], []
-    store = TeacherStore(cfg.resolved_teacher_dir())
+    store = TeacherStore(cfg.resolved_teacher_dir(), shipped_dir=SHIPPED_DIR if cfg.shipped_teachers else None)
     fingerprint = data_fingerprint(source)
     teachers, infos = [], []
     for name in cfg.teachers:
@@ -162,14 +184,13 @@ def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tu
                     "test_accuracy": float(np.mean(labels == source.splits["test"].labels))}
             reused = True
         else:
-            settings = {k: getattr(cfg, k) for k in ("image_size", "crop_border", "teacher_epochs",
-                                                     "teacher_learning_rate", "teacher_weights", "batch_size")}
-            settings["seed"] = cfg.resolved_teacher_seed()
             model, info, reused = store.load_or_train(
-                name, fingerprint, settings, lambda backup, n=name: train_teacher(n, cfg, source, datasets, backup)
+                name, fingerprint, teacher_settings(cfg),
+                lambda backup, n=name: train_teacher(n, cfg, source, datasets, backup),
             )
-        log(f"teacher {name}: {info['params']:,} params, test accuracy {info['test_accuracy']:.3f} "
-            f"({'reused ' + info['path'] if reused else 'trained in %.0fs' % info['train_seconds']})")
+        how = ("shipped with the package" if info.get("shipped") else "reused " + info["path"]) if reused \
+            else "trained in %.0fs" % info["train_seconds"]
+        log(f"teacher {name}: {info['params']:,} params, test accuracy {info['test_accuracy']:.3f} ({how})")
         predict_locally(model, tf.distribute.get_strategy())
         teachers.append(model)
         infos.append(info)
@@ -218,13 +239,18 @@ def run(cfg: RunConfig) -> dict:
 
     with strategy.scope():
         teachers, teacher_infos = obtain_teachers(cfg, source, datasets)
-        student = train_student(cfg, source, datasets, teachers)
+        student, training = train_student(cfg, source, datasets, teachers)
     predict_locally(student, strategy)
 
     metrics = evaluate_student(student, datasets["test"], source, run_dir)
+    # Validation accuracy too: a recipe is chosen on it, never on the test split.
+    metrics["student"]["val_accuracy"] = float(
+        np.mean(predict_labels(student, datasets["val"]) == source.splits["val"].labels))
     metrics["student"]["params"] = trainable_param_count(student)
     metrics["teachers"] = teacher_infos
     metrics["config"] = {"kd": cfg.kd, "fusion": cfg.fusion, "dataset": cfg.dataset, "seed": cfg.seed}
+    metrics["protocol"] = protocol(cfg, training.pop("input_stream_sha256"))
+    metrics["training"] = training
     io.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     log(f"student test accuracy {metrics['student']['accuracy']:.3f}, macro F1 "
         f"{metrics['student']['macro_f1']:.3f}, MCC {metrics['student']['mcc']:.3f}")
@@ -242,8 +268,10 @@ def run(cfg: RunConfig) -> dict:
     return metrics
 
 
-def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teachers: list) -> keras.Model:
+def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teachers: list) -> Tuple[keras.Model, dict]:
     """Distils the student and saves `student.keras`; a resumed run continues from its checkpoint.
+
+    Returns the student and {"input_stream_sha256", "final_epoch": the last epoch's logs}.
 
     The checkpoint (`backup/`, every epoch) is deleted only once `student.keras` is written, so
     a crash at any moment leaves one or the other. A resumed run whose student is already saved
@@ -253,48 +281,86 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
     student_path = os.path.join(run_dir, "student.keras")
     if cfg.resume and os.path.isfile(student_path):
         log(f"resume: {student_path} is complete; evaluating and exporting it")
-        return keras.saving.load_model(student_path, safe_mode=True)
+        return keras.saving.load_model(student_path, safe_mode=True), {"input_stream_sha256": None}
     done = run_folder.completed_epochs(run_dir)
     if cfg.resume:
         log(f"resume: continuing from epoch {done + 1} of {cfg.epochs}" if done else
             "resume: no completed epoch was checkpointed; training from the start")
     keras.utils.set_random_seed(cfg.seed)
     student = build_student(source.num_classes, cfg.image_size)
-    losses = build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads, cfg.loss_weights)
+    losses = build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads, cfg.loss_weights,
+                          centre=cfg.relation_centre)
     distiller = Distiller(student, teachers, losses, student_loss_weight=cfg.ce_weight)
     distiller.compile(optimizer=_optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])),
                       metrics=["accuracy"], jit_compile=_jit(cfg))
-    train_ds = datasets["train"]
-    if teachers and losses and cfg.teacher_cache != "off":
-        train_ds = cached_training_data(cfg, source, distiller)
+    train_ds, stream = training_inputs(cfg, source, datasets, distiller)
+    log(f"student: training for {cfg.epochs - done} epochs on {cfg.train_inputs} inputs; loss = "
+        f"{distiller.objective()}")
     t0 = time.time()
-    distiller.fit(train_ds, validation_data=datasets["val"], epochs=cfg.epochs,
+    history = distiller.fit(train_ds, validation_data=datasets["val"], epochs=cfg.epochs,
                   callbacks=run_folder.training_callbacks(run_dir, cfg.resume), shuffle=False,
                   verbose=_verbose(cfg))
     log(f"student (--kd={cfg.kd}{', --fusion=' + cfg.fusion if 'relation' in cfg.kd else ''}) "
         f"trained in {time.time() - t0:.0f}s")
     io.save_model(student, student_path)
     run_folder.clear_backup(run_dir)
-    return student
+    # The last epoch's logs: every loss term, and the fusion's diagnostics (attention entropy,
+    # mean weight per teacher), so a reader sees whether the fusion uses the student's query.
+    final = {k: float(v[-1]) for k, v in history.history.items() if v}
+    return student, {"input_stream_sha256": stream, "final_epoch": final}
 
 
-def cached_training_data(cfg: RunConfig, source: DatasetSource, distiller: Distiller):
-    """The training batches with precomputed teacher outputs (see distill.teacher_cache)."""
+def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, distiller: Distiller):
+    """The training batches of `cfg.train_inputs`, and the stream's fingerprint (None: fresh).
+
+    "views": the views of every training image (distill.teacher_cache), with the teachers'
+    precomputed outputs when there are teachers and `--teacher_cache` is not off; the student
+    alone gets the same views and order without them. "fresh": the augmenting pipeline, teachers
+    live.
+    """
+    if cfg.train_inputs == "fresh":
+        return datasets["train"], None
     t0 = time.time()
-    graphs = distiller.teacher_tap_models
-    if cfg.cache_all_taps:
+    cached = bool(distiller.teachers and distiller.distillation_losses and cfg.teacher_cache != "off")
+    graphs = distiller.teacher_tap_models if cached else []
+    if cached and cfg.cache_all_taps:
         graphs = [tap_model(t, sorted((*FEATURE_TAPS, LOGITS))) for t in distiller.teachers]
-    key = cache_key(distiller.teachers, data_fingerprint(source, ("train",)), list(graphs[0].output),
+    taps = list(graphs[0].output) if graphs else []
+    # The augmentation layers' draws follow TensorFlow's global seed: reset it here, so that every
+    # arm renders the same views whatever ran before (teacher training, another run in-process).
+    keras.utils.set_random_seed(cfg.seed)
+    key = cache_key(distiller.teachers if cached else [], data_fingerprint(source, ("train",)), taps,
                     **{k: getattr(cfg, k) for k in ("image_size", "crop_border", "seed", "teacher_views")})
     cache = TeacherCache.build(
         source.splits["train"], graphs, cfg.image_size, num_views=cfg.teacher_views,
-        seed=cfg.seed, crop_border=cfg.crop_border, mode=cfg.teacher_cache,
+        seed=cfg.seed, crop_border=cfg.crop_border,
+        mode=cfg.teacher_cache if cached else "auto",
         folder=os.path.join(cfg.resolved_teacher_dir(), "cache", key),
     )
     where = f"on disk at {cache.folder}" if cache.folder else "in memory"
-    log(f"teacher cache: {cache.num_views} views x {len(cache.labels)} images, "
+    what = "teacher cache" if cached else "training views (no teacher outputs)"
+    log(f"{what}: {cache.num_views} views x {len(cache.labels)} images, "
         f"{cache.nbytes / 2**20:.0f} MiB {where} ({time.time() - t0:.0f}s)")
-    return cache.dataset(cfg.batch_size, cfg.seed, taps=distiller.teacher_taps)
+    return (cache.dataset(cfg.batch_size, cfg.seed, taps=distiller.teacher_taps if cached else []),
+            cache.stream_fingerprint(cfg.seed))
+
+
+def protocol(cfg: RunConfig, stream_sha256: Optional[str]) -> dict:
+    """What every arm of a fair comparison shares; metrics.json's `protocol` entry.
+
+    Two runs whose protocols are equal trained on identical input batches with the same schedule;
+    only their losses differed (see experiments/README.md, "The protocol").
+    """
+    return {
+        "train_inputs": cfg.train_inputs,
+        "views_per_image": cfg.teacher_views if cfg.train_inputs == "views" else None,
+        "input_stream_sha256": stream_sha256,
+        "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "optimizer": "adam", "schedule": "cosine decay to 1% over all steps",
+        "learning_rate": cfg.learning_rate, "seed": cfg.seed,
+        "data_seed": cfg.resolved_data_seed(), "teacher_seed": cfg.resolved_teacher_seed(),
+        "image_size": cfg.image_size,
+    }
 
 
 def evaluate_student(student: keras.Model, test_ds, source: DatasetSource, run_dir: str) -> dict:

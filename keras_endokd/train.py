@@ -33,6 +33,9 @@ flags.DEFINE_enum("fusion", "attention", ["attention", "mean", "confidence"],
                   "How --kd=relation fuses the teachers: multi-head attention, the mean (AVER), or "
                   "confidence-weighted by each teacher's loss on the label (CA-MKD).", **_F)
 flags.DEFINE_integer("heads", 4, "Attention heads of the teacher fusion.", **_F)
+flags.DEFINE_boolean("relation_centre", True, "--kd=relation: subtract the batch's mean feature from the "
+                     "fused target and the student's adapted features before matching them, so that a "
+                     "direction every image shares is not matched for free.", **_F)
 flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "kvasir_v2", "hyper_kvasir", "folder"],
                   "Dataset: the embedded synthetic one, Kvasir-v2, Hyper-Kvasir labelled images, or "
                   "any <root>/<class>/<image> folder.", **_F)
@@ -57,11 +60,13 @@ flags.DEFINE_integer("teacher_epochs", 24, "Epochs of each teacher trained here.
 flags.DEFINE_integer("batch_size", 32, "Batch size.", **_F)
 flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, cosine decay).", **_F)
 flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.", **_F)
-flags.DEFINE_float("temperature", 4.0, "Softening temperature of --kd=response.", **_F)
+flags.DEFINE_float("temperature", 4.0, "Softening temperature of the logit terms (--kd=response, and "
+                   "relation's loss_relation_kd).", **_F)
 flags.DEFINE_float("ce_weight", 1.0, "Weight of the student's cross-entropy on the labels.", **_F)
 for _term, _help in [
     ("response", "Hinton KD"), ("feature", "FitNets hints"), ("attention", "attention transfer"),
     ("relation", "matching the fused teacher target"), ("relation_rkd", "RKD against the fused target"),
+    ("relation_kd", "Hinton KD from the teachers weighted as the fusion weighs them"),
     ("fusion_ce", "the fusion head's cross-entropy"), ("rkd", "RKD against each teacher"),
 ]:
     flags.DEFINE_float(f"{_term}_weight", None, f"Weight of the {_help} term (loss_{_term}); "
@@ -72,6 +77,14 @@ flags.DEFINE_enum("teacher_cache", "auto", ["auto", "memory", "disk", "off"],
                   "Precompute the teachers' outputs on --teacher_views augmented views of each training "
                   "image and reuse them every epoch: in memory, memory-mapped on disk (kept for later "
                   "runs), auto (memory up to 2 GiB), or off (teachers run every step).", **_F)
+flags.DEFINE_enum("train_inputs", "views", ["views", "fresh"],
+                  "The training input stream. views: --teacher_views augmented views of each training "
+                  "image, rendered once, one drawn per image each epoch in a seeded order; every --kd "
+                  "(none included) with the same --seed trains on identical batches. fresh: new "
+                  "augmentation every batch (teachers then run live on each batch).", **_F)
+flags.DEFINE_boolean("shipped_teachers", True, "Use the default teachers shipped in the package when "
+                     "they were trained on exactly these data and teacher settings (the embedded "
+                     "default); --noshipped_teachers trains them here.", **_F)
 flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.", **_F)
 flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.", **_F)
 flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).", **_F)
@@ -121,15 +134,20 @@ def config_from_flags():
     for name in ("epochs", "teacher_epochs", "batch_size", "heads", "teacher_views", "cpu_devices"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
+    if FLAGS.train_inputs == "fresh" and FLAGS.teacher_cache in ("memory", "disk"):
+        raise UsageError(f"--train_inputs=fresh draws new augmentation every batch, so no cache can hold "
+                         f"the teachers' outputs: --teacher_cache={FLAGS.teacher_cache} cannot apply. Use "
+                         "--train_inputs=views (the default) to cache them, or drop --teacher_cache.")
     if FLAGS.teacher_weights not in (None, "none", "imagenet"):
         raise UsageError(f"--teacher_weights must be none or imagenet, got {FLAGS.teacher_weights!r}.")
     loss_weights = {
         f"loss_{t}": getattr(FLAGS, f"{t}_weight")
-        for t in ("response", "feature", "attention", "relation", "relation_rkd", "fusion_ce", "rkd")
+        for t in ("response", "feature", "attention", "relation", "relation_rkd", "relation_kd", "fusion_ce", "rkd")
         if getattr(FLAGS, f"{t}_weight") is not None
     }
     return RunConfig(
-        kd=FLAGS.kd, fusion=FLAGS.fusion, heads=FLAGS.heads, dataset=FLAGS.dataset,
+        kd=FLAGS.kd, fusion=FLAGS.fusion, heads=FLAGS.heads, relation_centre=FLAGS.relation_centre,
+        dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, split_file=FLAGS.split_file, fold=FLAGS.fold,
         crop_border=FLAGS.crop_border, on_bad_image=FLAGS.on_bad_image, teachers=teachers,
         teacher_weights=None if FLAGS.teacher_weights in (None, "none") else FLAGS.teacher_weights,
@@ -140,6 +158,7 @@ def config_from_flags():
         seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
         per_tensor=FLAGS.per_tensor, int8_max_bytes=FLAGS.int8_max_bytes,
         teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
+        train_inputs=FLAGS.train_inputs, shipped_teachers=FLAGS.shipped_teachers,
         min_agreement=FLAGS.min_agreement, deterministic=FLAGS.deterministic,
         strategy=FLAGS.strategy, cpu_devices=FLAGS.cpu_devices, overwrite=FLAGS.overwrite,
         resume=FLAGS.resume,

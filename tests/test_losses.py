@@ -11,7 +11,7 @@ from keras_endokd.distill.fitnets import FitNetsDistillation
 from keras_endokd.distill.fusion import TeacherFusion, confidence_weights
 from keras_endokd.distill.registry import build_losses, parse_kd
 from keras_endokd.distill.response import ResponseDistillation, soft_kl
-from keras_endokd.distill.rkd import rkd_angle_loss, rkd_distance_loss
+from keras_endokd.distill.rkd import rkd_angle_loss, rkd_distance_loss, rkd_loss
 
 ops = keras.ops
 
@@ -72,6 +72,12 @@ def test_attention_transfer_known_value():
     assert _np(attention_transfer_loss(teacher, teacher * 5)) == pytest.approx(0.0, abs=1e-7)
     terms = AttentionTransfer(taps=("feat_1",)).compute_loss([{"feat_1": teacher}], {"feat_1": student})
     assert _np(terms["loss_attention"]) == pytest.approx(0.25, rel=1e-5)
+    # beta / 2 * SUM over taps (Zagoruyko & Komodakis' code, mdistiller), not the mean: a second
+    # tap where student and teacher agree leaves the sum unchanged (the mean would halve it).
+    two = AttentionTransfer(taps=("feat_1", "feat_2"))
+    terms = two.compute_loss([{"feat_1": teacher, "feat_2": teacher}], {"feat_1": student, "feat_2": teacher * 2})
+    assert _np(terms["loss_attention"]) == pytest.approx(0.25, rel=1e-5)
+    assert two.loss_weights["loss_attention"] == 500.0  # beta / 2, beta = 1000
 
 
 def _rkd_reference(s, t):
@@ -107,6 +113,8 @@ def test_rkd_matches_loop_reference_and_is_scale_invariant():
     assert _np(rkd_angle_loss(s, t)) == pytest.approx(ref_a, rel=1e-3)
     assert _np(rkd_distance_loss(s, 3 * s)) == pytest.approx(0.0, abs=1e-5)
     assert _np(rkd_angle_loss(s, 3 * s)) == pytest.approx(0.0, abs=1e-5)
+    # Park et al.'s (and mdistiller's) lambda_D = 25, lambda_A = 50.
+    assert _np(rkd_loss(s, t)) == pytest.approx(25 * ref_d + 50 * ref_a, rel=1e-3)
 
 
 def test_confidence_weights_favour_the_teacher_that_knows_the_label():

@@ -1,5 +1,6 @@
 """Teacher-output cache: same pixels for teacher and student, consistent outputs, safe reuse."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -70,3 +71,29 @@ def test_distillation_trains_from_the_cache(setup):
     cache = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="memory")
     history = d.fit(cache.dataset(8), epochs=3, verbose=0).history
     assert "loss_response" in history and history["loss"][-1] < history["loss"][0]
+
+
+def test_student_alone_and_distilled_arms_train_on_identical_batches(setup):
+    """The fair protocol: a cache of views alone (the student-alone arm) and a cache with
+    teacher outputs give the same images, labels and order, epoch after epoch, for one seed."""
+    split, d = setup
+    keras.utils.set_random_seed(5)  # as run.training_inputs does before each build
+    with_teachers = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=3, seed=5)
+    keras.utils.set_random_seed(5)
+    views_only = TeacherCache.build(split, [], 32, num_views=3, seed=5)
+    assert views_only.outputs == {} and np.array_equal(views_only.views, with_teachers.views)
+    distilled, alone = with_teachers.dataset(8, seed=5), views_only.dataset(8, seed=5)
+    epochs = []
+    for _ in range(2):
+        a = [(x["image"].numpy(), y.numpy()) for x, y in distilled]
+        b = [(x.numpy(), y.numpy()) for x, y in alone]
+        assert len(a) == len(b) == 5
+        for (xa, ya), (xb, yb) in zip(a, b):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+        epochs.append(np.concatenate([x for x, _ in a]))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled and redrawn each epoch
+    assert with_teachers.stream_fingerprint(5) == views_only.stream_fingerprint(5)
+    assert views_only.stream_fingerprint(5) != views_only.stream_fingerprint(6)
+    other_seed = [x.numpy() for x, _ in views_only.dataset(8, seed=6)]
+    assert not np.array_equal(np.concatenate(other_seed), epochs[0])

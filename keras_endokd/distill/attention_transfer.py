@@ -4,9 +4,11 @@ Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (activation-bas
 p = 2):
 
     Q(F) = vec( mean_c F_c^2 ) / || vec( mean_c F_c^2 ) ||_2
-    L    = mean over taps and pixels of ( Q(F_s) - Q(resize(F_t)) )^2
+    L    = beta / 2 * sum over taps of mean over pixels ( Q(F_s) - Q(resize(F_t)) )^2,  beta = 1000
 
-as in the authors' code (`(at(x) - at(y)).pow(2).mean()`). Channel counts need not match, so no
+as in the authors' code (`beta / 2 * sum(at_loss(x, y) for ...)` with
+`at_loss = (at(x) - at(y)).pow(2).mean()`); mdistiller sums over taps too. The term returns the
+sum over taps; its weight is beta / 2 = 500. Channel counts need not match, so no
 adapter is needed. The teacher's map is resized to the student's spatial size before the
 attention is taken. Averaged over teachers.
 """
@@ -49,12 +51,12 @@ class AttentionTransfer(DistillationTerm):
 
     @classmethod
     def default_loss_weights(cls):
-        # Normalized maps make the raw loss ~1e-3; the paper's beta = 1000 brings it to ~1.
-        return {"loss_attention": 1000.0}
+        # beta / 2 with the paper's beta = 1000: normalized maps make each tap's raw loss ~1e-3.
+        return {"loss_attention": 500.0}
 
     def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
         per_teacher = [
-            keras.ops.mean(
+            keras.ops.sum(
                 keras.ops.stack(
                     [attention_transfer_loss(student_outputs[tap], t[tap]) for tap in self.taps]
                 )

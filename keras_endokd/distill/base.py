@@ -55,6 +55,10 @@ class DistillationTerm(keras.layers.Layer, keras.distillation.DistillationLoss):
     def loss_names(self) -> List[str]:
         return list(self.loss_weights)
 
+    def monitor_names(self, num_teachers: int) -> List[str]:
+        """Diagnostics `compute_loss` returns beside its terms: reported as metrics, not optimised."""
+        return []
+
     def build_for(self, student_shapes: Outputs, teacher_shapes: List[Outputs], num_classes: int):
         """Creates the term's variables from the probed tap shapes (batch dimension included)."""
         self.built = True

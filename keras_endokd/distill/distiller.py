@@ -81,12 +81,20 @@ class Distiller(keras.Model):
             student_outputs=None,
             training_trace=True,
         )
-        names = ["loss_ce"] + [n for l in self.distillation_losses for n in l.loss_names]
+        k = len(self.teachers)
+        names = ["loss_ce"] + [n for l in self.distillation_losses for n in (*l.loss_names, *l.monitor_names(k))]
         duplicated = {n for n in names if names.count(n) > 1}
         if duplicated:
             raise ValueError(f"Two losses report the same term(s) {sorted(duplicated)}.")
         self.term_trackers = [keras.metrics.Mean(name=n) for n in names]
         self.build(student.input.shape)
+
+    def objective(self) -> str:
+        """The resolved total loss, e.g. `1*CE + 1*relation + 1*relation_rkd + 1*fusion_ce`."""
+        terms = [f"{self.student_loss_weight:g}*CE"] + [
+            f"{loss.loss_weights[n]:g}*{n[len('loss_'):]}" for loss in self.distillation_losses for n in loss.loss_names
+        ]
+        return " + ".join(terms)
 
     @property
     def teacher_tap_models(self) -> List[keras.Model]:
@@ -172,7 +180,8 @@ class Distiller(keras.Model):
             terms = loss.compute_loss(teacher_outputs, student_outputs, labels=labels, training=True)
             for name, value in terms.items():
                 trackers[name].update_state(value)
-                total = total + loss.loss_weights[name] * value / replicas
+                if name in loss.loss_weights:  # the rest are monitors
+                    total = total + loss.loss_weights[name] * value / replicas
         return total
 
     # Keras 3 and `MultiWorkerMirroredStrategy` (keras-team/keras#20585): `fit` first reduces a

@@ -85,6 +85,19 @@ class TeacherFusion(keras.layers.Layer):
             return keras.ops.sum(stacked * weights[:, None, None, :, None], axis=3)
         return keras.ops.mean(stacked, axis=3)
 
+    def teacher_weights(self, teacher_logits=None, labels=None):
+        """Per sample, how much each teacher counts [B, K] (rows sum to 1), from the last call.
+
+        `attention`: the attention over teachers of the last call, averaged over positions and
+        heads; `confidence`: CA-MKD's weights; `mean`: 1/K each.
+        """
+        if self.mode == "attention":
+            return keras.ops.mean(self.last_attention_scores[:, :, :, 0, :], axis=(1, 2))
+        if self.mode == "confidence" and labels is not None and teacher_logits is not None:
+            return confidence_weights(teacher_logits, labels)
+        k = len(self.projections)
+        return keras.ops.full((keras.ops.shape(teacher_logits[0])[0], k), 1.0 / k)
+
     def _attend(self, stacked, query):
         b = keras.ops.shape(query)[0]
         h, w, k, d = stacked.shape[1], stacked.shape[2], stacked.shape[3], stacked.shape[4]

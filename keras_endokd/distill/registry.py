@@ -5,7 +5,7 @@ Family names (the paper's three kinds) and the single methods they group:
     none                 no distillation: the student alone, the baseline every comparison needs
     response             ResponseDistillation (Hinton KD)
     feature              FitNetsDistillation + AttentionTransfer
-    relation             FusionDistillation (teacher fusion + RKD), fusion chosen by --fusion
+    relation             FusionDistillation (teacher fusion: features, RKD, weighted KD), --fusion
     fitnets, attention_transfer, rkd: the single methods, for ablations
 """
 
@@ -23,7 +23,8 @@ KD_METHODS = {
     "none": lambda o: [],
     "response": lambda o: [ResponseDistillation(o["temperature"], o.get("teacher_weights"))],
     "feature": lambda o: [FitNetsDistillation(), AttentionTransfer()],
-    "relation": lambda o: [FusionDistillation(o["fusion"], num_heads=o["heads"])],
+    "relation": lambda o: [FusionDistillation(o["fusion"], num_heads=o["heads"], temperature=o["temperature"],
+                                              centre=o.get("centre", True))],
     "fitnets": lambda o: [FitNetsDistillation()],
     "attention_transfer": lambda o: [AttentionTransfer()],
     "rkd": lambda o: [RelationalDistillation()],
@@ -51,14 +52,16 @@ def build_losses(
     heads: int = 4,
     loss_weights: Optional[Dict[str, float]] = None,
     teacher_weights: Optional[Iterable[float]] = None,
+    centre: bool = True,
 ) -> list:
     """The distillation losses for `kd`, each term weighted from `loss_weights` where given.
 
     `loss_weights` maps term names (`loss_response`, `loss_feature`, `loss_attention`,
-    `loss_relation`, `loss_relation_rkd`, `loss_rkd`, `loss_fusion_ce`) to weights; terms not named keep their
+    `loss_relation`, `loss_relation_rkd`, `loss_relation_kd`, `loss_rkd`, `loss_fusion_ce`) to weights; terms not named keep their
     defaults.
     """
-    options = {"temperature": temperature, "fusion": fusion, "heads": heads, "teacher_weights": teacher_weights}
+    options = {"temperature": temperature, "fusion": fusion, "heads": heads, "teacher_weights": teacher_weights,
+               "centre": centre}
     losses = [loss for name in parse_kd(kd) for loss in KD_METHODS[name](options)]
     for loss in losses:
         for term in loss.loss_names:

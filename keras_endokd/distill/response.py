@@ -20,12 +20,16 @@ from keras_endokd.distill.base import DistillationTerm, teacher_mean
 from keras_endokd.models.taps import LOGITS
 
 
-def soft_kl(teacher_logits, student_logits, temperature: float):
-    """T^2 * mean over the batch of KL(softmax(t/T) || softmax(s/T)), in nats."""
+def soft_kl_per_sample(teacher_logits, student_logits, temperature: float):
+    """T^2 * KL(softmax(t/T) || softmax(s/T)) per sample [B], in nats."""
     t = keras.ops.log_softmax(teacher_logits / temperature, axis=-1)
     s = keras.ops.log_softmax(student_logits / temperature, axis=-1)
-    kl = keras.ops.sum(keras.ops.exp(t) * (t - s), axis=-1)
-    return keras.ops.mean(kl) * temperature**2
+    return keras.ops.sum(keras.ops.exp(t) * (t - s), axis=-1) * temperature**2
+
+
+def soft_kl(teacher_logits, student_logits, temperature: float):
+    """T^2 * mean over the batch of KL(softmax(t/T) || softmax(s/T)), in nats."""
+    return keras.ops.mean(soft_kl_per_sample(teacher_logits, student_logits, temperature))
 
 
 @keras.saving.register_keras_serializable(package="keras_endokd")

@@ -7,6 +7,7 @@ sample of the batch):
                L_D = mean huber( psi_D^s(i, j), psi_D^t(i, j) )
     angle:     psi_A(i, j, k) = < (e_i - e_j)/||e_i - e_j||, (e_k - e_j)/||e_k - e_j|| >
                L_A = mean huber( psi_A^s, psi_A^t )
+    L = lambda_D * L_D + lambda_A * L_A,   lambda_D = 25, lambda_A = 50 (the paper's and mdistiller's)
 
 Relations, not coordinates, are matched, so the student's embedding width need not equal the
 teacher's. `RelationalDistillation` applies it to the pooled last feature map against each
@@ -54,11 +55,15 @@ def rkd_angle_loss(student_embeddings, teacher_embeddings):
     return _huber(angles(student_embeddings), angles(teacher_embeddings))
 
 
-def rkd_loss(student_embeddings, teacher_embeddings, angle_weight: float = 2.0):
-    """Park et al.'s combination: distance + 2 x angle (their lambda_D = 25, lambda_A = 50)."""
-    return rkd_distance_loss(student_embeddings, teacher_embeddings) + angle_weight * rkd_angle_loss(
-        student_embeddings, teacher_embeddings
-    )
+# Park et al.'s lambda_D and lambda_A, as their code and mdistiller's RKD use them (CE weight 1).
+DISTANCE_WEIGHT, ANGLE_WEIGHT = 25.0, 50.0
+
+
+def rkd_loss(student_embeddings, teacher_embeddings, distance_weight: float = DISTANCE_WEIGHT,
+             angle_weight: float = ANGLE_WEIGHT):
+    """Park et al.'s combination: lambda_D * L_D + lambda_A * L_A (25 and 50 in the paper)."""
+    return distance_weight * rkd_distance_loss(student_embeddings, teacher_embeddings) + (
+        angle_weight * rkd_angle_loss(student_embeddings, teacher_embeddings))
 
 
 def pooled(features):

@@ -7,6 +7,10 @@ image gets a fixed number of augmented *views*, rendered once; teachers run on e
 each epoch the student sees one randomly drawn view of every image, with exactly the teacher
 outputs of that view. Teacher and student always see the same pixels.
 
+The views are also the fair input stream of a comparison: with no teacher graphs the cache holds
+the views alone, and `dataset` draws the same order and the same views for the same seed whatever
+the teachers, so the student alone (`--kd=none`) and every distilled arm see identical batches.
+
 Storage: uint8 views [V, N, S, S, 3] and float16 teacher taps [V, N, ...], either in memory or
 as memory-mapped `.npy` files under a folder keyed by everything that determines them (teachers'
 weights, data, preprocessing, augmentation seed, views, taps), so a stale cache is never read
@@ -89,12 +93,13 @@ class TeacherCache:
     ) -> "TeacherCache":
         """Renders the views and runs each teacher's tap model once per view.
 
-        `teacher_graphs` are the Distiller's teacher tap models (`{tap: tensor}` outputs).
+        `teacher_graphs` are the Distiller's teacher tap models (`{tap: tensor}` outputs); none:
+        the views alone (the student-alone arm's input stream, or live teachers on the views).
         `mode="disk"` (or `auto` over AUTO_MEMORY_LIMIT_BYTES) memory-maps under `folder`.
         """
         if mode not in CACHE_MODES or mode == "off":
             raise ValueError(f"Cache mode must be one of auto, memory, disk; got {mode!r}.")
-        taps = list(teacher_graphs[0].output)
+        taps = list(teacher_graphs[0].output) if teacher_graphs else []
         n = len(split)
         shapes = {f"{t}/{tap}": tuple(g.output[tap].shape[1:]) for t, g in enumerate(teacher_graphs) for tap in taps}
         nbytes = num_views * n * (image_size * image_size * 3 + 2 * sum(int(np.prod(s)) for s in shapes.values()))
@@ -116,6 +121,8 @@ class TeacherCache:
         views = array("views", (num_views, n, image_size, image_size, 3), np.uint8)
         outputs = {k: array(k, (num_views, n, *s), np.float16) for k, s in shapes.items()}
         plain = image_dataset(split, image_size, crop_border).batch(batch_size)
+        # Compiled forward passes: eager calls of a functional model cost several times more.
+        forwards = [tf.function(lambda x, g=graph: g(x, training=False)) for graph in teacher_graphs]
         for v in range(num_views):
             augmenter = build_augmenter(seed * 1000 + v)
             start = 0
@@ -125,8 +132,8 @@ class TeacherCache:
                 stop = start + int(view.shape[0])
                 views[v, start:stop] = view.numpy()
                 pixels = tf.cast(view, tf.float32)  # teachers see exactly the stored uint8 view
-                for t, graph in enumerate(teacher_graphs):
-                    for tap, value in graph(pixels, training=False).items():
+                for t, forward in enumerate(forwards):
+                    for tap, value in forward(pixels).items():
                         outputs[f"{t}/{tap}"][v, start:stop] = keras.ops.convert_to_numpy(value)
                 start = stop
         cache = cls(views, outputs, split.labels, len(teacher_graphs), taps, folder if on_disk else None)
@@ -145,13 +152,34 @@ class TeacherCache:
         outputs = {f"{t}/{tap}": load(f"{t}/{tap}") for t in range(num_teachers) for tap in taps}
         return cls(load("views"), outputs, labels, num_teachers, taps, folder)
 
+    def stream(self, seed: int = 0) -> tf.data.Dataset:
+        """(image index, view index) pairs of one epoch, reshuffled and redrawn each epoch.
+
+        A function of `seed`, the image count and the view count only: two caches of the same
+        views (with or without teacher outputs) give the same stream.
+        """
+        n, num_views = len(self.labels), self.num_views
+        order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        views = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+        return tf.data.Dataset.zip(order, views.map(lambda r: tf.math.floormod(r, num_views)))
+
+    def stream_fingerprint(self, seed: int = 0, epochs: int = 2) -> str:
+        """sha256 of the views' pixels and of the first `epochs` epochs' (image, view) order."""
+        h = hashlib.sha256(np.ascontiguousarray(self.views).tobytes())
+        stream = self.stream(seed)
+        for _ in range(epochs):
+            for i, v in stream.batch(4096):
+                h.update(i.numpy().tobytes())
+                h.update(v.numpy().tobytes())
+        return h.hexdigest()
+
     def dataset(self, batch_size: int, seed: int = 0, taps: Optional[Sequence[str]] = None) -> tf.data.Dataset:
         """Batches of ({"image", "teachers"}, labels): one random view per image, reshuffled per epoch.
 
         `taps` selects the teacher outputs the batches carry (default: all cached), so one cache of
-        every tap can serve runs whose losses read different ones.
+        every tap can serve runs whose losses read different ones. A cache of views alone gives
+        (image, labels) batches.
         """
-        n, num_views = len(self.labels), self.num_views
         keys = [k for k in self.outputs if taps is None or k.split("/", 1)[1] in taps]
 
         def gather(indices, view_ids):
@@ -159,19 +187,20 @@ class TeacherCache:
             values += [np.asarray(self.outputs[k][view_ids, indices], np.float32) for k in keys]
             return values + [self.labels[indices]]
 
-        def load(indices):
-            view_ids = tf.random.uniform(tf.shape(indices), 0, num_views, tf.int64, seed=seed)
+        def load(indices, view_ids):
             values = tf.numpy_function(gather, [indices, view_ids], [tf.uint8] + [tf.float32] * len(keys) + [tf.int32])
             image = tf.cast(values[0], tf.float32)
             image.set_shape((None, *self.views.shape[2:]))
+            labels = values[-1]
+            labels.set_shape((None,))
+            if not keys:
+                return image, labels
             teachers = [{} for _ in range(self.num_teachers)]
             for k, value in zip(keys, values[1:-1]):
                 t, tap = k.split("/", 1)
                 value.set_shape((None, *self.outputs[k].shape[2:]))
                 teachers[int(t)][tap] = value
-            labels = values[-1]
-            labels.set_shape((None,))
             return {IMAGE_KEY: image, TEACHERS_KEY: tuple(teachers)}, labels
 
-        ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = self.stream(seed).batch(batch_size)
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
