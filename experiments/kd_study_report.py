@@ -33,6 +33,72 @@ def summarize(records: list, method, seeds: list) -> dict:
             "per_seed": per_seed, "params": runs[0]["student"]["params"]}
 
 
+def _per_seed(records: list, name: str, seeds: list, value) -> dict:
+    """{seed: value(record) averaged over the seed's folds} for the runs of `name`."""
+    out = {}
+    for seed in seeds:
+        values = [value(r) for r in records if r["method"] == name and r["seed"] == seed]
+        values = [v for v in values if v is not None]
+        if values:
+            out[seed] = float(np.mean(values))
+    return out
+
+
+def paired(a: dict, b: dict) -> dict:
+    """Paired gain of per-seed values `a` over `b` ({seed: fraction}), in accuracy points.
+
+    {"gain_mean", "gain_ci95": Student-t 95% interval of the mean over seeds, "wins": seeds where
+    a > b, "n", "per_seed"}; the interval is None with fewer than two seeds.
+    """
+    from scipy import stats
+
+    seeds = [s for s in a if s in b]
+    gains = [100.0 * (a[s] - b[s]) for s in seeds]
+    n = len(gains)
+    mean = statistics.fmean(gains) if gains else None
+    ci = None
+    if n > 1:
+        half = stats.t.ppf(0.975, n - 1) * statistics.stdev(gains) / n**0.5
+        ci = [mean - half, mean + half]
+    return {"gain_mean": mean, "gain_ci95": ci, "wins": sum(g > 0 for g in gains), "n": n,
+            "per_seed": dict(zip(seeds, gains))}
+
+
+def _accuracy(record):
+    return record["student"]["accuracy"]
+
+
+def _int8_accuracy(record):
+    return (record.get("deploy") or {}).get("int8_accuracy")
+
+
+def add_pairings(rows: list, records: list, seeds: list, headline: str) -> str:
+    """Adds `paired_vs_none` (and the int8 pairing) to every main row; returns the baseline's name.
+
+    The baseline is the better student-alone arm by mean validation accuracy (the fixed views of
+    the comparison, or fresh augmentation), so distillation is never compared with a handicapped
+    student. Each row also gets `paired_vs_baselines` (both arms); the attention-fusion rows get
+    `paired_vs_mean_fusion`.
+    """
+    from experiments.study_methods import BASELINES, Method
+
+    val = {m.name: statistics.fmean(_per_seed(records, m.name, seeds, lambda r: r["student"]["val_accuracy"]).values())
+           for m in BASELINES}
+    baseline = max(val, key=val.get)
+    for row in rows:
+        acc = _per_seed(records, row["name"], seeds, _accuracy)
+        row["paired_vs_baselines"] = {m.name: paired(acc, _per_seed(records, m.name, seeds, _accuracy))
+                                      for m in BASELINES}
+        row["paired_vs_none"] = row["paired_vs_baselines"][baseline]
+        int8 = _per_seed(records, row["name"], seeds, _int8_accuracy)
+        row["int8"] = {"per_seed": int8, "mean": statistics.fmean(int8.values()) if int8 else None,
+                       "paired_vs_none": paired(int8, _per_seed(records, baseline, seeds, _int8_accuracy))}
+        if row["kd"] == "relation" and row["fusion"] == "attention":
+            mean_fusion = Method("relation", "mean", temperature=row["temperature"], inputs=row["inputs"]).name
+            row["paired_vs_mean_fusion"] = paired(acc, _per_seed(records, mean_fusion, seeds, _accuracy))
+    return baseline
+
+
 def teacher_rows(teachers: list) -> list:
     """Teachers' figures, averaged over folds (one training seed: no std)."""
     rows = {}
@@ -48,20 +114,48 @@ def teacher_rows(teachers: list) -> list:
     return out
 
 
+def protocol(records: list) -> dict:
+    """The comparison's protocol, and whether every arm of a seed saw one input stream.
+
+    `identical_streams_per_seed`: {seed: True} when every `views` run of that seed (and fold)
+    recorded the same input-stream fingerprint (keras_endokd.run.protocol)."""
+    streams = {}
+    for r in records:
+        p = r.get("protocol") or {}
+        if p.get("train_inputs") == "views":
+            streams.setdefault(f"{r['seed']}/{r['fold']}", set()).add(p.get("input_stream_sha256"))
+    first = next((r["protocol"] for r in records if r.get("protocol")), {})
+    return {"rule": "every arm of a seed trains on the same input stream (the same images, views and "
+                    "order), with the same epochs, batch size, optimizer and schedule; only the loss "
+                    "differs. The student alone is also trained on fresh augmentation, and distillation "
+                    "is paired against the better of the two by validation accuracy.",
+            "train_inputs": first.get("train_inputs"), "views_per_image": first.get("views_per_image"),
+            "epochs": first.get("epochs"), "batch_size": first.get("batch_size"),
+            "optimizer": first.get("optimizer"), "schedule": first.get("schedule"),
+            "learning_rate": first.get("learning_rate"),
+            "identical_streams_per_seed": {k: len(v) == 1 and None not in v for k, v in streams.items()}}
+
+
 def build_results(study, records, teachers, deploy, command, seconds) -> dict:
     """Everything results.json holds, and what the tables and plots are drawn from."""
-    from experiments.kd_study import HEADLINE, MAIN_METHODS
+    from experiments.study_methods import HEADLINE, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS
 
     ablation = study.ablation_seeds
     confusion = {}
     for r in records:
         cm = np.asarray(r["student"]["confusion_matrix"])
         confusion[r["method"]] = confusion.get(r["method"], 0) + cm
+    main = [summarize(records, m, study.seeds) for m in MAIN_METHODS]
+    baseline = add_pairings(main, records, study.seeds, HEADLINE.name)
     return {
-        "settings": {**dataclasses.asdict(study), "command": command, "cpu_count": os.cpu_count()},
+        "settings": {**dataclasses.asdict(study), "command": command, "cpu_count": os.cpu_count(),
+                     "protocol": protocol(records)},
         "class_names": records[0]["student"]["class_names"],
         "headline": HEADLINE.name,
-        "main": [summarize(records, m, study.seeds) for m in MAIN_METHODS],
+        "baseline": baseline,
+        "main": main,
+        "other": [summarize(records, m, ablation) for m in (OTHER_METHODS if ablation else [])],
+        "recipe": [summarize(records, m, ablation) for m in (RECIPE_ABLATIONS if ablation else [])],
         "heads": [{"value": m.heads, **summarize(records, m, ablation)}
                   for m in (study.heads_methods() if ablation else [])],
         "temperature": [{"value": m.temperature, **summarize(records, m, ablation)}
@@ -86,18 +180,43 @@ def _deploy_cells(entry) -> str:
     return f"{entry['bytes'] / 1024:.1f}{kind} | {entry['latency_ms']:.3f}{kind}"
 
 
+def _gain(p) -> str:
+    if not p or p["gain_mean"] is None:
+        return ""
+    ci = "" if p["gain_ci95"] is None else f" [{p['gain_ci95'][0]:+.1f}, {p['gain_ci95'][1]:+.1f}]"
+    return f"{p['gain_mean']:+.1f}{ci}, {p['wins']}/{p['n']}"
+
+
 def main_table(results) -> str:
-    head = "| Method | Params | " + " | ".join(_COLUMNS) + " | int8 size (KiB) | int8 latency (ms) |"
-    lines = [head, "|---|---:|" + "---:|" * (len(_COLUMNS) + 2)]
+    head = ("| Method | Params | " + " | ".join(_COLUMNS) + " | Gain vs alone (pts, 95% CI, wins) | "
+            "int8 acc. (%) | int8 gain (pts) | int8 size (KiB) | int8 latency (ms) |")
+    lines = [head, "|---|---:|" + "---:|" * (len(_COLUMNS) + 6)]
     for t in results["teachers"]:
         cells = " | ".join(_cell(t, k) for k in METRICS)
         deploy = _deploy_cells(results["deploy"]["teacher_" + t["name"]])
-        lines.append(f"| {t['label']} | {t['params']:,} | {cells} | {deploy} |")
+        lines.append(f"| {t['label']} | {t['params']:,} | {cells} | | | | {deploy} |")
     student = _deploy_cells(results["deploy"]["student"])
     for row in results["main"]:
         cells = " | ".join(_cell(row, k) for k in METRICS)
         label = f"**{row['label']}**" if row["name"] == results["headline"] else row["label"]
-        lines.append(f"| {label} | {row['params']:,} | {cells} | {student} |")
+        if row["name"] == results["baseline"]:
+            label += " (baseline)"
+        int8 = row.get("int8") or {}
+        int8_cell = "" if int8.get("mean") is None else f"{100 * int8['mean']:.1f}"
+        gain = "" if row["name"] == results["baseline"] else _gain(row.get("paired_vs_none"))
+        int8_gain = "" if row["name"] == results["baseline"] else _gain(int8.get("paired_vs_none"))
+        lines.append(f"| {label} | {row['params']:,} | {cells} | {gain} | {int8_cell} | {int8_gain} | {student} |")
+    return "\n".join(lines)
+
+
+def per_seed_table(results) -> str:
+    """Test accuracy (%) of every main method on every seed."""
+    seeds = results["settings"]["seeds"]
+    lines = ["| Method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---:|" * len(seeds)]
+    for row in results["main"]:
+        cells = " | ".join(f"{100 * row['per_seed'][s]['accuracy']:.1f}" if s in row["per_seed"] else ""
+                           for s in seeds)
+        lines.append(f"| {row['label']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -110,7 +229,7 @@ def ablation_table(rows, what: str, default: float) -> str:
 
 
 def markdown(results) -> str:
-    from experiments.kd_study import HEADS, TEMPERATURE
+    from experiments.study_methods import HEADS, TEMPERATURE
 
     s = results["settings"]
     student = results["deploy"]["student"]
@@ -120,14 +239,25 @@ def markdown(results) -> str:
     teachers = "; ".join(f"{t['name']} ({results['deploy']['teacher_' + t['name']]['kind']})"
                          for t in results["teachers"])
     ablations = []
-    if results["heads"]:
+    if results.get("recipe"):
+        headline = next(r for r in results["main"] if r["name"] == results["headline"])
+        rows = [headline] + results.get("other", []) + results["recipe"]
+        lines = ["| Method | Acc. (%) | Val. acc. (%) |", "|---|---:|---:|"]
+        for row in rows:
+            val = _per_seed(results["runs"], row["name"], s["ablation_seeds"],
+                            lambda r: r["student"]["val_accuracy"])
+            acc = _per_seed(results["runs"], row["name"], s["ablation_seeds"], _accuracy)
+            lines.append(f"| {row['label']} | {100 * statistics.fmean(acc.values()):.1f} | "
+                         f"{100 * statistics.fmean(val.values()):.1f} |")
+        ablations += ["## Other methods and ablations of the headline recipe (seeds "
+                      + ", ".join(map(str, s["ablation_seeds"])) + ")", "", *lines, ""]
+    if len(results["heads"]) > 1:
         ablations += ["## Ablation: attention heads (relation, MHA fusion)", "",
                       ablation_table(results["heads"], "Heads", HEADS), ""]
-    if results["temperature"]:
+    if len(results["temperature"]) > 1:
         ablations += [f"## Ablation: temperature (`--kd={s['temperature_kd']}`, MHA fusion, "
                       f"{results['temperature'][0]['heads']} heads)", "",
-                      "The temperature only scales the response term, so it is ablated on a method "
-                      "that has one, not on relation alone, where it would change nothing.", "",
+                      "The temperature softens the logit terms (response, and relation's weighted KD).", "",
                       ablation_table(results["temperature"], "T", TEMPERATURE), ""]
     return "\n".join([
         "# Distillation methods compared (Gammulle et al. 2023 protocol)",
@@ -150,6 +280,15 @@ def markdown(results) -> str:
         "## Main comparison",
         "",
         main_table(results),
+        "",
+        f"Gains are paired by seed against the student alone ({results['baseline']}: the better of "
+        "its two input streams by validation accuracy), in accuracy points: mean, Student-t 95% "
+        "interval over seeds, and the seeds won. int8: the pruned export of the seeds in "
+        f"{s['export_seeds']}, checked in LiteRT on the test split.",
+        "",
+        "Test accuracy (%) per seed:",
+        "",
+        per_seed_table(results),
         "",
         "Mean ± sample standard deviation over seeds (the seed sets the student's initialisation, "
         "shuffling, augmentation and cached teacher views; split and teachers are fixed). Teachers are "
@@ -220,7 +359,8 @@ def write_outputs(results, folder: str) -> list:
              io.write_text(os.path.join(folder, "results.md"), markdown(results)),
              plot_tradeoff(results, "params", os.path.join(folder, "accuracy_vs_params.png")),
              plot_tradeoff(results, "latency", os.path.join(folder, "accuracy_vs_latency.png"))]
-    labels = {r["name"]: r["label"] for r in results["main"] + results["heads"] + results["temperature"]}
+    labels = {r["name"]: r["label"] for r in results["main"] + results.get("other", []) + results.get("recipe", [])
+              + results["heads"] + results["temperature"]}
     matrices = dict(results["confusion_matrices"])
     matrices.update({f"teacher_{t['name']}": t["confusion_matrix"] for t in results["teachers"]})
     for name, cm in matrices.items():
@@ -239,5 +379,8 @@ def summary(results) -> dict:
             "fresh_runs": sum(not r["reused"] for r in runs), "reused_runs": sum(r["reused"] for r in runs),
             "minutes": round(results["seconds"] / 60, 2),
             "accuracy": {row["name"]: round(row["mean"]["accuracy"], 4) for row in results["main"]},
+            "baseline": results["baseline"],
+            "paired_vs_none": {row["name"]: row["paired_vs_none"] for row in results["main"]
+                               if row["name"] != results["baseline"]},
             "student_int8_ms": round(results["deploy"]["student"]["latency_ms"], 4),
             "student_int8_bytes": results["deploy"]["student"]["bytes"]}

@@ -54,6 +54,7 @@ NOISE_PATTERNS = (
     _LOG + r"tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored (?:output_format|drop_control_dependency)\.",
     _LOG + r"\S+\.cc:\d+\] Estimated count of arithmetic ops: ",
     r"fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+\s*$",
+    r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.\s*$",
 )
 # Noise only where there is no GPU: with one, these lines say why TensorFlow is not using it.
 CUDA_NOISE_PATTERNS = (

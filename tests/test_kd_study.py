@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from experiments import kd_study
-from experiments.kd_study import HEADLINE, MAIN_METHODS, Method
+from experiments.kd_study import HEADLINE, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS, Method
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -27,10 +27,28 @@ def _png_size(path):
 def test_methods_ignore_settings_they_do_not_read():
     assert Method("response", fusion="mean", heads=2) == Method("response")
     assert Method("relation", "mean", heads=8) == Method("relation", "mean")
-    assert Method("relation", temperature=1.0) == HEADLINE
+    assert Method("feature", temperature=1.0) == Method("feature")
     assert Method("relation", heads=2).name == "relation-attention-h2"
     assert Method("response,relation", temperature=2.0).name == "response+relation-attention-T2"
-    assert len({m.name for m in MAIN_METHODS}) == len(MAIN_METHODS) == 7
+    assert len({m.name for m in MAIN_METHODS}) == len(MAIN_METHODS) == 6
+    assert Method("none", inputs="fresh").name == "none-fresh"
+    assert Method("relation", temperature=2.0).name == "relation-attention-T2"  # relation_kd reads T
+
+
+def test_paired_gain_ci_and_wins_by_hand():
+    from experiments.kd_study_report import paired
+
+    a = {0: 0.90, 1: 0.86, 2: 0.88}
+    b = {0: 0.85, 1: 0.87, 2: 0.84, 3: 0.5}  # seed 3 has no pair: left out
+    p = paired(a, b)
+    gains = [5.0, -1.0, 4.0]
+    assert p["n"] == 3 and p["wins"] == 2
+    assert p["gain_mean"] == pytest.approx(8.0 / 3)
+    # t(0.975, 2) = 4.302653; sample std of the gains = 3.21455
+    half = 4.302653 * 3.2145503 / 3 ** 0.5
+    assert p["gain_ci95"] == pytest.approx([8.0 / 3 - half, 8.0 / 3 + half], rel=1e-5)
+    assert p["per_seed"] == pytest.approx(dict(zip([0, 1, 2], gains)))
+    assert paired({0: 0.9}, {0: 0.8})["gain_ci95"] is None
 
 
 def _study(tmp_path, **overrides):
@@ -39,13 +57,14 @@ def _study(tmp_path, **overrides):
                   image_size=32, batch_size=32, teacher_views=1, data_seed=0, teacher_seed=0,
                   heads_grid=[2, 4], temperature_grid=[1.0, 4.0], temperature_kd="response,relation",
                   latency_runs=5, representative=100, output_dir=str(tmp_path),
-                  teacher_dir=str(tmp_path / "teachers"), verbose=0, quick=True, keep_caches=False)
+                  teacher_dir=str(tmp_path / "teachers"), verbose=0, quick=True, keep_caches=False,
+                  export_seeds=[])
     return kd_study.Study(**{**fields, **overrides})
 
 
 def test_jobs_share_runs_between_tables(tmp_path):
     jobs = _study(tmp_path).jobs()
-    assert len(jobs) == len(set(jobs)) == 7 * 2 + 1 + 2  # heads=4 is the headline run, reused
+    assert len(jobs) == len(set(jobs)) == 6 * 2 + 2 + 3 + 1 + 2  # 2 other methods, 3 recipe ablations; heads=4 is the headline run
     assert (HEADLINE, 0, 0) in jobs and (Method("relation", heads=2), 0, 0) in jobs
     seeds = [seed for _, seed, _ in jobs]
     assert seeds == sorted(seeds)  # seed by seed: a seed's caches can go once its runs are done
@@ -83,14 +102,22 @@ def test_a_method_row_is_the_mean_and_sample_std_over_seeds():
     assert alone["std"]["accuracy"] is None and _cell(alone, "accuracy") == "50.0"
 
 
-def _run_quick(out):
-    """--quick with one seed, one epoch and one temperature: the tables are the same code with more.
+def results_json(out):
+    return json.loads((out / "results.json").read_text())
 
-    The heads ablation trains one run of its own (2 heads); the temperature ablation's one row is
-    the main table's response+feature+relation run (temperature 4), so it trains none."""
+
+def results_baseline(out):
+    return json.loads((out / "results.json").read_text())["baseline"]
+
+
+def _run_quick(out):
+    """--quick with one seed and one epoch: the tables are the same code with more.
+
+    The heads and temperature ablations train one run each of their own (2 heads; T=2): their
+    other rows are the headline run and the response+feature+relation run (T=4)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, "-m", "experiments.kd_study", "--quick", "--seeds=0", "--epochs=1",
-                           "--heads_grid=2,4", "--temperature_grid=4", "--temperature_kd=response,feature,relation",
+                           "--heads_grid=2,4", "--temperature_grid=2,4", "--temperature_kd=response,feature,relation",
                            f"--output_dir={out}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
 
@@ -101,26 +128,45 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     first = _run_quick(out)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
-    assert summary["reused_runs"] == 0 and summary["fresh_runs"] == summary["runs"] == len(MAIN_METHODS) + 1
+    assert summary["reused_runs"] == 0 and summary["fresh_runs"] == summary["runs"] == len(MAIN_METHODS) + len(OTHER_METHODS) + len(RECIPE_ABLATIONS) + 2
+    assert set(summary["paired_vs_none"]) == {m.name for m in MAIN_METHODS} - {summary["baseline"]}
 
     table = (out / "results.md").read_text()
-    rows = {line.split("|")[1].strip().strip("*"): line for line in table.splitlines() if line.startswith("| ")}
+    rows = {}  # the main table's row of each label (the per-seed table repeats the labels below it)
+    for line in table.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(line.split("|")[1].strip().replace("**", ""), line)
     for method in MAIN_METHODS:
         assert method.label in rows, method.label
-        cells = [c.strip() for c in rows[method.label].split("|")[1:-1]]
-        assert len(cells) == 9, cells  # 5 metrics, size, latency
-        percents, mcc, deploy = [float(c) for c in cells[2:6]], float(cells[6]), [float(c) for c in cells[7:]]
+        label = method.label + (" (baseline)" if method.name == results_baseline(out) else "")
+        cells = [c.strip() for c in rows[label].split("|")[1:-1]]
+        assert len(cells) == 12, cells  # 5 metrics, gain, int8 accuracy and gain, size, latency
+        percents, mcc, deploy = [float(c) for c in cells[2:6]], float(cells[6]), [float(c) for c in cells[10:]]
         assert all(0 <= p <= 100 for p in percents) and -1 <= mcc <= 1 and all(d > 0 for d in deploy), cells
+        # one seed: a gain and a win count, no interval; the baseline has no gain of its own
+        assert (cells[7] == "") == (method.name == results_baseline(out)), cells
+        if cells[7]:
+            assert cells[7].endswith("/1") and "[" not in cells[7], cells
     assert "Teacher tiny_resnet" in rows and "Teacher small_plaincnn" in rows
     assert "## Ablation: attention heads" in table and "## Ablation: temperature" in table
+    assert "## Other methods and ablations of the headline recipe" in table
+    assert [r["name"] for r in results_json(out)["recipe"]] == [m.name for m in RECIPE_ABLATIONS]
     assert "python -m experiments.kd_study --quick" in table
 
     results = json.loads((out / "results.json").read_text())
     for method in MAIN_METHODS:
         seeds = sorted(r["seed"] for r in results["runs"] if r["method"] == method.name)
         assert seeds == [0], method.name
+    assert results["baseline"] in ("none", "none-fresh")
+    for row in results["main"]:
+        assert set(row["paired_vs_none"]) == {"gain_mean", "gain_ci95", "wins", "n", "per_seed"}
+        assert row["paired_vs_none"]["n"] == 1 and "0" in row["per_seed"]
+    headline = next(r for r in results["main"] if r["name"] == HEADLINE.name)
+    assert headline["paired_vs_mean_fusion"]["n"] == 1
+    # the fair protocol: every views arm of seed 0 trained on one input stream
+    assert results["settings"]["protocol"]["identical_streams_per_seed"] == {"0/0": True}
     assert [row["value"] for row in results["heads"]] == [2, 4]
-    assert [row["value"] for row in results["temperature"]] == [4.0]
+    assert [row["value"] for row in results["temperature"]] == [2.0, 4.0]
     assert results["deploy"]["student"]["kind"] == "int8" and results["deploy"]["student"]["bytes"] > 0
     assert not os.listdir(out / "teachers" / "cache")  # each seed's caches are deleted after its runs
 
