@@ -265,7 +265,28 @@ def run(cfg: RunConfig) -> dict:
                        batch_size=cfg.batch_size, crop_border=cfg.crop_border,
                        min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
     log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")
+    if chief:
+        print(next_steps(run_dir), flush=True)
     return metrics
+
+
+def next_steps(run_dir: str) -> str:
+    """The run's key files that exist, and the commands a user runs next."""
+    files = [("student.keras", "the student (Keras)"), ("metrics.json", "test metrics"),
+             ("confusion_matrix.png", "confusion matrix"),
+             ("student_android.tflite", "Android model, labels in its metadata"),
+             ("student_int8.tflite", "int8 model for TensorFlow Lite Micro"),
+             ("model_data.cc", "the int8 model as a C array (+ model_data.h, micro_op_resolver.h)"),
+             ("export_report.json", "every export check")]
+    lines = [f"  {os.path.join(run_dir, name):<44} {what}" for name, what in files
+             if os.path.exists(os.path.join(run_dir, name))]
+    model = os.path.join(run_dir, "student_android.tflite")
+    if not os.path.exists(model):
+        model = os.path.join(run_dir, "student.keras")
+    commands = [f"python -m keras_endokd.predict --model={model} FRAME.jpg",
+                f"python -m keras_endokd.evaluate --model={os.path.join(run_dir, 'student.keras')}",
+                f"python -m keras_endokd.export --run_dir={run_dir}     # prune, quantize, convert again"]
+    return "\n".join(["Files:", *lines, "Next:", *(f"  {c}" for c in commands)])
 
 
 def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teachers: list) -> Tuple[keras.Model, dict]:

@@ -109,3 +109,21 @@ def test_incompatible_teacher_is_rejected():
         Distiller(build_student(CLASSES, SIZE), [build_teacher("tiny_resnet", CLASSES, 64)], build_losses("response"))
     with pytest.raises(ValueError, match="classes"):
         Distiller(build_student(CLASSES, SIZE), [build_teacher("tiny_resnet", 5, SIZE)], build_losses("response"))
+
+
+def test_sample_and_class_weights_reach_every_term():
+    """Zero weights silence every term, not only the cross-entropy; a weight of 2 on one sample
+    of two gives that sample's own loss (Keras' sum(w * l) / B)."""
+    x, y = _data(8)
+    d = _distiller("response,feature,relation,rkd")
+    pred = d(x, training=False)
+    assert float(d.compute_loss(x, y, pred, sample_weight=np.zeros(8, "float32"), training=True)) == 0.0
+    unweighted = float(d.compute_loss(x, y, pred, training=True))
+    ones = float(d.compute_loss(x, y, pred, sample_weight=np.ones(8, "float32"), training=True))
+    assert ones == pytest.approx(unweighted, rel=1e-5)
+    # class_weight reaches the terms too: through fit, as Keras turns it into sample weights
+    history = d.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False,
+                    class_weight={0: 0.0, 1: 0.0, 2: 0.0}).history
+    for term in ("loss_response", "loss_feature", "loss_attention", "loss_relation", "loss_relation_kd",
+                 "loss_relation_rkd", "loss_fusion_ce", "loss_rkd"):
+        assert history[term][0] == 0.0, term

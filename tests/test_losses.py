@@ -80,11 +80,16 @@ def test_attention_transfer_known_value():
     assert two.loss_weights["loss_attention"] == 500.0  # beta / 2, beta = 1000
 
 
-def _rkd_reference(s, t):
-    """Loop implementation of Park et al.'s distance and angle terms (huber, delta = 1)."""
+def _rkd_reference(s, t, weights=None):
+    """Loop implementation of Park et al.'s distance and angle terms (huber, delta = 1); with
+    per-sample weights, each pair or triple weighs the product of its samples' weights."""
+    w = np.ones(len(s)) if weights is None else np.asarray(weights, np.float64)
+
     def huber(a, b):
         d = np.abs(a - b)
-        return np.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+        h = np.where(d < 1, 0.5 * d**2, d - 0.5)
+        product = w[:, None] * w[None, :] if h.ndim == 2 else w[:, None, None] * w[None, :, None] * w[None, None, :]
+        return (h * product).mean()
 
     def dist(e):
         n = len(e)
@@ -171,3 +176,19 @@ def test_registry_composes_methods_and_rejects_unknown_names():
         parse_kd("response,crd")
     with pytest.raises(ValueError, match="cannot be combined"):
         parse_kd("none,response")
+
+
+def test_sample_weights_reduce_each_term_as_keras_reduces_the_cross_entropy():
+    """sum(w_i l_i) / B: a weight of 2 on the first of two samples gives its own loss."""
+    rng = np.random.default_rng(3)
+    t, s = rng.normal(size=(2, 5)).astype("float32"), rng.normal(size=(2, 5)).astype("float32")
+    loss = ResponseDistillation(2.0)
+    first = loss.compute_loss([{"logits": t[:1]}], {"logits": s[:1]})["loss_response"]
+    weighted = loss.compute_loss([{"logits": t}], {"logits": s}, sample_weight=np.array([2.0, 0.0], "float32"))
+    assert _np(weighted["loss_response"]) == pytest.approx(_np(first), rel=1e-5)
+    # RKD: a sample of weight 0 takes every pair and triple it is in out of the mean
+    e_s, e_t = rng.normal(size=(4, 6)).astype("float32"), rng.normal(size=(4, 6)).astype("float32")
+    w = np.array([1.0, 1.0, 1.0, 0.0], "float32")
+    ref_d, ref_a = _rkd_reference(e_s.astype(np.float64), e_t.astype(np.float64), weights=w)
+    assert _np(rkd_distance_loss(e_s, e_t, w)) == pytest.approx(ref_d, rel=1e-3)
+    assert _np(rkd_angle_loss(e_s, e_t, w)) == pytest.approx(ref_a, rel=1e-3)

@@ -24,6 +24,8 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
+from keras_endokd.console import progress
+
 from keras_endokd.data.pipeline import decode_image
 from keras_endokd.data.source import (
     BadImageError,
@@ -97,8 +99,11 @@ def find_unreadable(paths: Sequence[str], batch_size: int = 256) -> Dict[str, st
     ds = ds.map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.ignore_errors().batch(batch_size)
     decoded = set()
-    for indices, _ in ds.as_numpy_iterator():
-        decoded.update(indices.tolist())
+    with progress(len(paths), "checking that every image decodes") as bar:
+        for indices, _ in ds.as_numpy_iterator():
+            decoded.update(indices.tolist())
+            bar.update(len(indices))
+        bar.update(len(paths) - len(decoded))  # the files that failed count as checked too
     reasons = {paths[i]: why_unreadable(paths[i]) for i in range(len(paths)) if i not in decoded}
     return {path: reason for path, reason in reasons.items() if reason is not None}
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import keras
 
-from keras_endokd.distill.base import DistillationTerm, resize_like, teacher_mean
+from keras_endokd.distill.base import DistillationTerm, resize_like, teacher_mean, weighted_mean
 from keras_endokd.models.taps import FEATURE_TAPS
 
 
@@ -30,11 +30,12 @@ def attention_map(features):
     return a / (keras.ops.norm(a, axis=-1, keepdims=True) + 1e-8)
 
 
-def attention_transfer_loss(student_features, teacher_features):
+def attention_transfer_loss(student_features, teacher_features, sample_weight=None):
+    """mean over pixels of (Q_s - Q_t)^2, reduced over the batch by `weighted_mean`."""
     height, width = student_features.shape[1], student_features.shape[2]
     teacher_features = resize_like(teacher_features, height, width)
     diff = attention_map(student_features) - attention_map(teacher_features)
-    return keras.ops.mean(keras.ops.square(diff))
+    return weighted_mean(keras.ops.mean(keras.ops.square(diff), axis=-1), sample_weight)
 
 
 @keras.saving.register_keras_serializable(package="keras_endokd")
@@ -54,11 +55,11 @@ class AttentionTransfer(DistillationTerm):
         # beta / 2 with the paper's beta = 1000: normalized maps make each tap's raw loss ~1e-3.
         return {"loss_attention": 500.0}
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
         per_teacher = [
             keras.ops.sum(
                 keras.ops.stack(
-                    [attention_transfer_loss(student_outputs[tap], t[tap]) for tap in self.taps]
+                    [attention_transfer_loss(student_outputs[tap], t[tap], sample_weight) for tap in self.taps]
                 )
             )
             for t in teacher_outputs

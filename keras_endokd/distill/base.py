@@ -11,7 +11,10 @@ it where multi-teacher distillation needs more:
   is the student's `{tap: tensor}` dict, read from ONE forward pass of each model;
 - it may use the labels (confidence-weighted fusion, the fusion's classification head);
 - it returns a dict of named, unweighted terms (`{"loss_feature": ...}`); the Distiller weighs
-  them with `loss_weights` and reports each one as a metric.
+  them with `loss_weights` and reports each one as a metric;
+- it takes the batch's `sample_weight` [B] (Keras' `sample_weight`, or `class_weight` turned into
+  one): a per-sample term is reduced as Keras reduces the cross-entropy, sum(w_i l_i) / B, so a
+  rare class weighs as much in distillation as in the labels' loss (`weighted_mean`).
 """
 
 from __future__ import annotations
@@ -69,11 +72,21 @@ class DistillationTerm(keras.layers.Layer, keras.distillation.DistillationLoss):
         student_outputs: Outputs,
         labels=None,
         training: bool = True,
+        sample_weight=None,
     ) -> Dict[str, "keras.KerasTensor"]:
         raise NotImplementedError
 
     def get_config(self):
         return {**super().get_config(), "loss_weights": dict(self.loss_weights)}
+
+
+def weighted_mean(per_sample, sample_weight=None):
+    """Batch reduction of a per-sample loss [B]: mean(l), or sum(w * l) / B with weights w [B]
+    (Keras' `sum_over_batch_size`, as for the cross-entropy)."""
+    if sample_weight is None:
+        return keras.ops.mean(per_sample)
+    w = keras.ops.reshape(keras.ops.cast(sample_weight, per_sample.dtype), (-1,))
+    return keras.ops.mean(per_sample * w)
 
 
 def teacher_mean(values: Sequence, teacher_weights: Optional[Sequence[float]] = None):

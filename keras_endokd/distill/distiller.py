@@ -14,7 +14,8 @@ on its own. It differs where multi-teacher distillation needs it:
   so a cache can replace the teachers entirely;
 - the total loss is `student_loss_weight * CE + sum_i w_i * term_i` (Keras mixes CE and
   distillation as a convex combination), each term reported as a metric (`loss_ce`,
-  `loss_response`, ...), in the progress bar and the history.
+  `loss_response`, ...), in the progress bar and the history;
+- `sample_weight` and `class_weight` reach every term, not only the cross-entropy.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ class Distiller(keras.Model):
         teacher_outputs = self.teacher_outputs(x)
         labels = None if y is None else keras.ops.cast(y, "int32")
         for loss in self.distillation_losses:
-            terms = loss.compute_loss(teacher_outputs, student_outputs, labels=labels, training=True)
+            terms = loss.compute_loss(teacher_outputs, student_outputs, labels=labels, training=True,
+                                      sample_weight=sample_weight)
             for name, value in terms.items():
                 trackers[name].update_state(value)
                 if name in loss.loss_weights:  # the rest are monitors

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_endokd.distill.base import DistillationTerm, resize_like, teacher_mean
+from keras_endokd.distill.base import DistillationTerm, resize_like, teacher_mean, weighted_mean
 from keras_endokd.models.taps import FEATURE_TAPS
 
 
@@ -43,13 +43,14 @@ class FitNetsDistillation(DistillationTerm):
             self.adapters.append(adapter)
         self.built = True
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
         s = student_outputs[self.student_tap]
         height, width = s.shape[1], s.shape[2]
         per_teacher = []
         for adapter, t in zip(self.adapters, teacher_outputs):
             target = resize_like(t[self.teacher_tap], height, width)
-            per_teacher.append(keras.ops.mean(keras.ops.square(adapter(s) - target)))
+            per_sample = keras.ops.mean(keras.ops.square(adapter(s) - target), axis=(1, 2, 3))
+            per_teacher.append(weighted_mean(per_sample, sample_weight))
         return {"loss_feature": teacher_mean(per_teacher)}
 
     def get_config(self):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_endokd.distill.base import DistillationTerm
+from keras_endokd.distill.base import DistillationTerm, weighted_mean
 from keras_endokd.distill.fusion import FUSION_MODES, TeacherFusion
 from keras_endokd.distill.response import soft_kl_per_sample
 from keras_endokd.distill.rkd import pooled, rkd_loss
@@ -100,7 +100,7 @@ class FusionDistillation(DistillationTerm):
             [t[self.tap] for t in teacher_outputs], student_outputs[self.tap], logits, labels
         )
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
         fused = self.fuse(teacher_outputs, student_outputs, labels)
         target = keras.ops.stop_gradient(fused)
         adapted = self.adapter(student_outputs[self.tap])
@@ -109,20 +109,20 @@ class FusionDistillation(DistillationTerm):
         weights = keras.ops.stop_gradient(self.fusion.teacher_weights(teacher_logits, labels))  # [B, K]
         kd = sum(weights[:, k] * soft_kl_per_sample(z, student_outputs[LOGITS], self.temperature)
                  for k, z in enumerate(teacher_logits))
+        match = keras.ops.sum(keras.ops.square(_unit(centre(adapted)) - _unit(centre(target))), axis=-1)
         losses = {
-            "loss_relation": keras.ops.mean(
-                keras.ops.sum(keras.ops.square(_unit(centre(adapted)) - _unit(centre(target))), axis=-1)
-            ),
-            "loss_relation_rkd": rkd_loss(pooled(adapted), pooled(target)),
-            "loss_relation_kd": keras.ops.mean(kd),
+            "loss_relation": weighted_mean(keras.ops.mean(match, axis=(1, 2)), sample_weight),
+            "loss_relation_rkd": rkd_loss(pooled(adapted), pooled(target), sample_weight=sample_weight),
+            "loss_relation_kd": weighted_mean(kd, sample_weight),
         }
         if labels is None:
             losses["loss_fusion_ce"] = keras.ops.zeros(())
         else:
-            losses["loss_fusion_ce"] = keras.ops.mean(
+            losses["loss_fusion_ce"] = weighted_mean(
                 keras.losses.sparse_categorical_crossentropy(
                     labels, self.head(pooled(fused)), from_logits=True
-                )
+                ),
+                sample_weight,
             )
         mean_weights = keras.ops.mean(weights, axis=0)
         for k in range(len(teacher_outputs)):

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_endokd.distill.base import DistillationTerm, teacher_mean
+from keras_endokd.distill.base import DistillationTerm, teacher_mean, weighted_mean
 from keras_endokd.models.taps import LOGITS
 
 
@@ -57,9 +57,10 @@ class ResponseDistillation(DistillationTerm):
     def default_loss_weights(cls):
         return {"loss_response": 1.0}
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
         per_teacher = [
-            soft_kl(t[LOGITS], student_outputs[LOGITS], self.temperature) for t in teacher_outputs
+            weighted_mean(soft_kl_per_sample(t[LOGITS], student_outputs[LOGITS], self.temperature), sample_weight)
+            for t in teacher_outputs
         ]
         return {"loss_response": teacher_mean(per_teacher, self.teacher_weights)}
 

@@ -22,9 +22,15 @@ from keras_endokd.distill.base import DistillationTerm, teacher_mean
 from keras_endokd.models.taps import FEATURE_TAPS
 
 
-def _huber(a, b, delta: float = 1.0):
+def _huber(a, b, delta: float = 1.0, weights=None):
+    """Mean Huber loss; `weights` (broadcast to a's shape) weigh each entry: sum(W h) / size."""
     d = keras.ops.abs(a - b)
-    return keras.ops.mean(keras.ops.where(d < delta, 0.5 * d**2 / delta, d - 0.5 * delta))
+    h = keras.ops.where(d < delta, 0.5 * d**2 / delta, d - 0.5 * delta)
+    return keras.ops.mean(h if weights is None else h * weights)
+
+
+def _sample_weight(sample_weight, dtype):
+    return None if sample_weight is None else keras.ops.reshape(keras.ops.cast(sample_weight, dtype), (-1,))
 
 
 def pairwise_distances(e):
@@ -34,7 +40,8 @@ def pairwise_distances(e):
     return keras.ops.sqrt(keras.ops.maximum(d2, 1e-12))
 
 
-def rkd_distance_loss(student_embeddings, teacher_embeddings):
+def rkd_distance_loss(student_embeddings, teacher_embeddings, sample_weight=None):
+    """L_D; with per-sample weights w, the pair (i, j) weighs w_i w_j."""
     b = keras.ops.shape(student_embeddings)[0]
     off_diagonal = 1.0 - keras.ops.eye(b, dtype=student_embeddings.dtype)
 
@@ -43,16 +50,21 @@ def rkd_distance_loss(student_embeddings, teacher_embeddings):
         mu = keras.ops.sum(d) / keras.ops.maximum(keras.ops.sum(off_diagonal), 1.0)
         return d / (mu + 1e-8)
 
-    return _huber(normalized(student_embeddings), normalized(teacher_embeddings))
+    w = _sample_weight(sample_weight, student_embeddings.dtype)
+    weights = None if w is None else w[:, None] * w[None, :]
+    return _huber(normalized(student_embeddings), normalized(teacher_embeddings), weights=weights)
 
 
-def rkd_angle_loss(student_embeddings, teacher_embeddings):
+def rkd_angle_loss(student_embeddings, teacher_embeddings, sample_weight=None):
+    """L_A; with per-sample weights w, the triple (i, j, k) weighs w_i w_j w_k."""
     def angles(e):
         diff = e[:, None, :] - e[None, :, :]  # [B, B, D]: e_i - e_j
         diff = diff / (keras.ops.norm(diff, axis=-1, keepdims=True) + 1e-8)
         return keras.ops.einsum("ijd,kjd->ijk", diff, diff)
 
-    return _huber(angles(student_embeddings), angles(teacher_embeddings))
+    w = _sample_weight(sample_weight, student_embeddings.dtype)
+    weights = None if w is None else w[:, None, None] * w[None, :, None] * w[None, None, :]
+    return _huber(angles(student_embeddings), angles(teacher_embeddings), weights=weights)
 
 
 # Park et al.'s lambda_D and lambda_A, as their code and mdistiller's RKD use them (CE weight 1).
@@ -60,10 +72,10 @@ DISTANCE_WEIGHT, ANGLE_WEIGHT = 25.0, 50.0
 
 
 def rkd_loss(student_embeddings, teacher_embeddings, distance_weight: float = DISTANCE_WEIGHT,
-             angle_weight: float = ANGLE_WEIGHT):
+             angle_weight: float = ANGLE_WEIGHT, sample_weight=None):
     """Park et al.'s combination: lambda_D * L_D + lambda_A * L_A (25 and 50 in the paper)."""
-    return distance_weight * rkd_distance_loss(student_embeddings, teacher_embeddings) + (
-        angle_weight * rkd_angle_loss(student_embeddings, teacher_embeddings))
+    return distance_weight * rkd_distance_loss(student_embeddings, teacher_embeddings, sample_weight) + (
+        angle_weight * rkd_angle_loss(student_embeddings, teacher_embeddings, sample_weight))
 
 
 def pooled(features):
@@ -85,9 +97,9 @@ class RelationalDistillation(DistillationTerm):
     def default_loss_weights(cls):
         return {"loss_rkd": 1.0}
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True):
+    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
         s = pooled(student_outputs[self.tap])
-        per_teacher = [rkd_loss(s, pooled(t[self.tap])) for t in teacher_outputs]
+        per_teacher = [rkd_loss(s, pooled(t[self.tap]), sample_weight=sample_weight) for t in teacher_outputs]
         return {"loss_rkd": teacher_mean(per_teacher)}
 
     def get_config(self):

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_endokd.console import progress
 from keras_endokd.data.augment import build_augmenter
 from keras_endokd.data.pipeline import image_dataset
 from keras_endokd.data.source import Split
@@ -123,6 +124,8 @@ class TeacherCache:
         plain = image_dataset(split, image_size, crop_border).batch(batch_size)
         # Compiled forward passes: eager calls of a functional model cost several times more.
         forwards = [tf.function(lambda x, g=graph: g(x, training=False)) for graph in teacher_graphs]
+        what = "rendering the views and the teachers' outputs" if teacher_graphs else "rendering the views"
+        bar = progress(num_views * n, what)
         for v in range(num_views):
             augmenter = build_augmenter(seed * 1000 + v)
             start = 0
@@ -136,6 +139,8 @@ class TeacherCache:
                     for tap, value in forward(pixels).items():
                         outputs[f"{t}/{tap}"][v, start:stop] = keras.ops.convert_to_numpy(value)
                 start = stop
+                bar.update(int(view.shape[0]))
+        bar.close()
         cache = cls(views, outputs, split.labels, len(teacher_graphs), taps, folder if on_disk else None)
         if on_disk:
             for a in (views, *outputs.values()):
