@@ -65,9 +65,9 @@ flags.DEFINE_float("temperature", 4.0, "Softening temperature of the logit terms
 flags.DEFINE_float("ce_weight", 1.0, "Weight of the student's cross-entropy on the labels.", **_F)
 for _term, _help in [
     ("response", "Hinton KD"), ("feature", "FitNets hints"), ("attention", "attention transfer"),
-    ("relation", "matching the fused teacher target"), ("relation_rkd", "RKD against the fused target"),
+    ("relation", "fused-target matching"), ("relation_rkd", "RKD against the fused target"),
     ("relation_kd", "Hinton KD from the teachers weighted as the fusion weighs them"),
-    ("fusion_ce", "the fusion head's cross-entropy"), ("rkd", "RKD against each teacher"),
+    ("fusion_ce", "fusion head's cross-entropy"), ("rkd", "RKD against each teacher"),
 ]:
     flags.DEFINE_float(f"{_term}_weight", None, f"Weight of the {_help} term (loss_{_term}); "
                        "default: the loss's own.", **_F)

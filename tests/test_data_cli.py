@@ -48,3 +48,9 @@ def test_the_data_commands_run_without_tensorflow():
     assert json.loads(result.stdout)["num_classes"] == 8
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "keras_endokd.data.synthetic" in imported and "tensorflow" not in imported
+
+
+def test_help_is_a_request_not_an_error():
+    result = _data("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "describe|synth" in result.stdout and "--per_class" in result.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -62,4 +63,7 @@ if __name__ == "__main__":
     from keras_endokd.console import quiet_native_logs
 
     quiet_native_logs()  # before absl parses the flags and anything imports TensorFlow
+    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in sys.argv[1:]):
+        print(__doc__ + "\n" + FLAGS.main_module_help())  # absl's --help exits 1: a request is no error
+        sys.exit(0)
     app.run(main)
