@@ -13,6 +13,7 @@ reuses its stored teachers for distillation while pruning, and writes the files 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -72,8 +73,35 @@ def check_flags() -> str:
         raise UsageError(f"--int8_max_bytes must be 0 (no budget) or a byte count, got "
                          f"{FLAGS.int8_max_bytes}.")
     if not 0.0 <= FLAGS.min_agreement <= 1.0:
-        raise UsageError(f"--min_agreement={FLAGS.min_agreement} is outside [0, 1].")
+        raise UsageError(f"--min_agreement={FLAGS.min_agreement} is outside [0, 1]: it is the least "
+                         "fraction of test images on which each .tflite model must agree with the "
+                         "Keras model.")
     return run_dir
+
+
+def _run_sparsity(run_dir: str):
+    """The run's --sparsity from its config.json (None when unreadable: load_config reports it)."""
+    try:
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            value = json.load(f).get("sparsity", 0.5)
+        return float(value)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def flag_warnings(run_dir: str) -> list:
+    """One line for each flag the user gave that has no effect with the others (not an error)."""
+    out = []
+    if FLAGS["int8_max_bytes"].present and (FLAGS.qat or FLAGS.per_tensor):
+        why = ("--qat converts with the per-channel ranges it learned" if FLAGS.qat else
+               "--per_tensor gives every layer one weight scale, whatever the size")
+        out.append(f"--int8_max_bytes={FLAGS.int8_max_bytes} has no effect: {why}.")
+    sparsity = FLAGS.sparsity if FLAGS.sparsity is not None else _run_sparsity(run_dir)
+    if FLAGS["fine_tune_epochs"].present and sparsity == 0 and not FLAGS.qat:
+        given = "--sparsity=0" if FLAGS.sparsity is not None else "the run's sparsity is 0"
+        out.append(f"--fine_tune_epochs={FLAGS.fine_tune_epochs} has no effect: {given} and no --qat, "
+                   "so nothing is fine-tuned.")
+    return out
 
 
 def export(argv) -> dict:
@@ -112,9 +140,11 @@ def main(argv=None) -> int:
     if code is not None:
         return code
     try:
-        check_flags()
+        run_dir = check_flags()
     except UsageError as err:
         return fail(err)
+    for line in flag_warnings(run_dir):
+        print(f"warning: {line}", file=sys.stderr)
     from keras_endokd.data.source import DatasetLayoutError
     from keras_endokd.deploy.export import ExportCheckError
 

@@ -17,6 +17,7 @@ import os
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the progress lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import math  # noqa: E402
 import sys  # noqa: E402
 
 from absl import flags  # noqa: E402
@@ -111,12 +112,88 @@ flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each exporte
 
 
 
-def config_from_flags():
-    from keras_endokd.distill.registry import parse_kd
-    from keras_endokd.models.teachers import DEFAULT_TEACHERS, TEACHER_NAMES
-    from keras_endokd.run import RunConfig
+# Copies of library constants, so that every flag is checked before TensorFlow is imported (the
+# modules that define them import it; ~7 s of CPU on 2 cores). test_flag_checks keeps them equal.
+KD_METHODS = ("none", "response", "feature", "relation", "fitnets", "attention_transfer", "rkd")
+# The loss terms (`--<term>_weight`, `loss_<term>`) of each --kd method: distill.registry.
+KD_TERMS = {
+    "none": (), "response": ("response",), "feature": ("feature", "attention"),
+    "relation": ("relation", "relation_rkd", "relation_kd", "fusion_ce"),
+    "fitnets": ("feature",), "attention_transfer": ("attention",), "rkd": ("rkd",),
+}
+WEIGHT_TERMS = ("response", "feature", "attention", "relation", "relation_rkd", "relation_kd", "fusion_ce", "rkd")
+TEACHER_NAMES = ("densenet121", "efficientnetb0", "mobile_hr", "mobile_x2", "mobile_x3", "mobilenetv2",
+                 "resnet50", "small_deepresnet", "small_plaincnn", "small_resnet", "tiny_resnet")
+IMAGENET_TEACHERS = ("densenet121", "efficientnetb0", "mobilenetv2", "resnet50")  # keras.applications
+DEFAULT_TEACHERS = ("mobile_x3", "mobile_x2")
+FUSION_WIDTH = 64  # distill.relation.FusionDistillation's width: --heads must divide it
+# Folds of the k-fold datasets without a split file (data.kvasir.load, data.hyper_kvasir.load).
+DEFAULT_FOLDS = {"kvasir_v2": 2, "hyper_kvasir": 2}
+DATA_DIR_HINT = {
+    "kvasir_v2": "the kvasir-dataset-v2 folder or the folder holding it",
+    "hyper_kvasir": "the labeled-images folder of Hyper-Kvasir or the folder holding it",
+    "folder": "a folder of <class>/<image> sub-folders",
+}
+MAX_SEED = 2**32 - 1  # numpy's legacy seed range, which keras.utils.set_random_seed uses
 
-    parse_kd(FLAGS.kd)
+
+def kd_names(kd) -> list:
+    """--kd -> its method names, checked as distill.registry.parse_kd checks them (same messages),
+    and no loss term named twice (the Distiller refuses that, but only after the teachers trained)."""
+    names = [n.strip() for n in kd.split(",") if n.strip()]
+    unknown = [n for n in names if n not in KD_METHODS]
+    if unknown or not names:
+        raise UsageError(
+            f"Unknown --kd method(s) {unknown or names!r}. Expected one or more of "
+            f"{', '.join(KD_METHODS)}, comma-separated (e.g. --kd=response,relation).")
+    if "none" in names and len(names) > 1:
+        raise UsageError(f"--kd=none cannot be combined with other methods, got {names}.")
+    terms = [t for n in names for t in KD_TERMS[n]]
+    twice = sorted({t for t in terms if terms.count(t) > 1})
+    if twice:
+        hint = " (feature already holds fitnets and attention_transfer)" if "feature" in names else ""
+        raise UsageError(f"--kd={kd} names the loss term(s) {', '.join('loss_' + t for t in twice)} twice: "
+                         f"name each method once{hint}.")
+    return names
+
+
+def _given(name: str) -> bool:
+    return bool(FLAGS[name].present)
+
+
+def _value(name: str) -> str:
+    """The flag as given: --heads=3, --teachers=a,b, --norelation_centre."""
+    return FLAGS[name].serialize()
+
+
+def _positive(name: str, what: str) -> None:
+    value = getattr(FLAGS, name)
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{_value(name)} is impossible: the {what} must be a number > 0.")
+
+
+def _split_file_folds(path: str) -> int:
+    """The number of folds of a Hyper-Kvasir split file (reading it takes milliseconds)."""
+    from keras_endokd.data.hyper_kvasir import read_split_file  # numpy only, no TensorFlow
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--split_file={path}: no such file; expected Hyper-Kvasir's 2_fold_split.csv "
+                         "or 5_fold_split.csv.")
+    from keras_endokd.data.source import DatasetLayoutError
+
+    try:
+        return read_split_file(path)[1]
+    except DatasetLayoutError as err:  # names the file, the line and what was expected
+        raise UsageError(f"--split_file: {err}") from None
+
+
+def check_flags() -> list:
+    """Checks every flag's value, without importing TensorFlow; returns the --kd method names.
+
+    Raises UsageError: one paragraph naming the flag, the value given and what is expected. Only
+    --split_file is read here (a CSV, milliseconds): its folds bound --fold.
+    """
+    names = kd_names(FLAGS.kd)
     teachers = tuple(FLAGS.teachers or DEFAULT_TEACHERS)
     for name in teachers:
         if name.endswith(".keras"):
@@ -125,6 +202,15 @@ def config_from_flags():
         elif name not in TEACHER_NAMES:
             raise UsageError(f"--teachers: unknown teacher '{name}'; expected one of "
                              f"{', '.join(TEACHER_NAMES)} or the path of a .keras file.")
+    if FLAGS.teacher_weights not in (None, "none", "imagenet"):
+        raise UsageError(f"--teacher_weights must be none or imagenet, got {FLAGS.teacher_weights!r}.")
+    if FLAGS.teacher_weights == "imagenet" and names != ["none"]:
+        scratch = [n for n in teachers if not n.endswith(".keras") and n not in IMAGENET_TEACHERS]
+        if scratch:
+            given = _value("teachers") if _given("teachers") else "the default teachers"
+            raise UsageError(f"--teacher_weights=imagenet: the teacher(s) {', '.join(scratch)} have no ImageNet "
+                             f"weights ({given}); only {', '.join(IMAGENET_TEACHERS)} do. Name those with "
+                             "--teachers, or drop --teacher_weights.")
     if not 32 <= FLAGS.image_size <= 1024:
         raise UsageError(f"--image_size={FLAGS.image_size} is impossible: the student needs 32 to 1024 pixels.")
     if not 0.0 <= FLAGS.sparsity < 1.0:
@@ -134,15 +220,130 @@ def config_from_flags():
     for name in ("epochs", "teacher_epochs", "batch_size", "heads", "teacher_views", "cpu_devices"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
+    if "relation" in names and FUSION_WIDTH % FLAGS.heads:
+        works = ", ".join(str(h) for h in range(1, FUSION_WIDTH + 1) if FUSION_WIDTH % h == 0)
+        raise UsageError(f"--heads={FLAGS.heads} cannot split --kd=relation's fusion width of {FUSION_WIDTH} "
+                         f"channels into equal heads: expected a divisor of {FUSION_WIDTH} ({works}).")
+    _positive("learning_rate", "student's learning rate")
+    _positive("teacher_learning_rate", "teachers' learning rate")
+    _positive("temperature", "softening temperature (logits are divided by it)")
+    for name in ("ce_weight", *(f"{t}_weight" for t in WEIGHT_TERMS)):
+        value = getattr(FLAGS, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{_value(name)} is impossible: a loss weight must be a number >= 0 "
+                             "(0 switches the term off).")
+    if names == ["none"] and FLAGS.ce_weight == 0:
+        raise UsageError("--ce_weight=0 with --kd=none leaves the student no loss to learn from: "
+                         "give --ce_weight > 0 or a --kd method.")
+    if not 0.0 <= FLAGS.min_agreement <= 1.0:
+        raise UsageError(f"--min_agreement={FLAGS.min_agreement} is outside [0, 1]: it is the least fraction "
+                         "of test images on which each .tflite model must agree with the Keras student.")
+    if not 0 <= FLAGS.seed <= MAX_SEED:
+        raise UsageError(f"--seed={FLAGS.seed} is impossible: expected an integer from 0 to {MAX_SEED}.")
+    if not FLAGS.output_dir:
+        raise UsageError("--output_dir is empty: expected the run folder to write (default runs/latest).")
+    if FLAGS.overwrite and FLAGS.resume:
+        raise UsageError("--overwrite and --resume contradict each other: pick one.")
     if FLAGS.train_inputs == "fresh" and FLAGS.teacher_cache in ("memory", "disk"):
         raise UsageError(f"--train_inputs=fresh draws new augmentation every batch, so no cache can hold "
                          f"the teachers' outputs: --teacher_cache={FLAGS.teacher_cache} cannot apply. Use "
                          "--train_inputs=views (the default) to cache them, or drop --teacher_cache.")
-    if FLAGS.teacher_weights not in (None, "none", "imagenet"):
-        raise UsageError(f"--teacher_weights must be none or imagenet, got {FLAGS.teacher_weights!r}.")
+    _check_data_flags()
+    return names
+
+
+def _check_data_flags() -> None:
+    dataset = FLAGS.dataset
+    if FLAGS.fold < 0:
+        raise UsageError(f"--fold={FLAGS.fold} is impossible: the held-out test fold is counted from 0.")
+    if dataset == "synthetic":
+        return
+    if not FLAGS.data_dir:
+        raise UsageError(f"--dataset={dataset} needs --data_dir: {DATA_DIR_HINT[dataset]}.")
+    if not os.path.isdir(FLAGS.data_dir):
+        raise UsageError(f"--data_dir={FLAGS.data_dir}: no such folder; --dataset={dataset} expects "
+                         f"{DATA_DIR_HINT[dataset]}.")
+    if FLAGS.split_file and dataset != "hyper_kvasir":
+        raise UsageError(f"--split_file applies to --dataset=hyper_kvasir only, not --dataset={dataset}.")
+    if dataset == "folder":
+        return
+    if FLAGS.split_file:
+        folds, source = _split_file_folds(FLAGS.split_file), f"--split_file={FLAGS.split_file} has"
+    else:
+        folds = DEFAULT_FOLDS[dataset]
+        without = " without --split_file" if dataset == "hyper_kvasir" else ""
+        source = f"--dataset={dataset}{without} is split into"
+    if FLAGS.fold >= folds:
+        allowed = "0 or 1" if folds == 2 else f"0 to {folds - 1}"
+        raise UsageError(f"--fold={FLAGS.fold} does not exist: {source} {folds} folds, so --fold must be "
+                         f"{allowed}.")
+
+
+def flag_warnings(names: list) -> list:
+    """One line for each flag the user gave that has no effect with the others (not an error)."""
+    given = [n for n in FLAGS if _given(n)]  # FLAGS iterates over the flag names
+    kd = FLAGS.kd
+    out = []
+
+    def unused(flag_names, reason):
+        flag_names = [n for n in flag_names if n in given]
+        if flag_names:
+            listed = ", ".join(_value(n) for n in flag_names)
+            one = len(flag_names) == 1
+            reason = reason.replace("{it}", "it" if one else "them")
+            out.append(f"{listed} {'has' if one else 'have'} no effect: {reason}.")
+
+    if "temperature" in given and not {"response", "relation"} & set(names):
+        if names == ["none"]:
+            unused(["temperature"], "--kd=none has no teachers whose logits it would soften")
+        else:
+            out.append(f"{_value('temperature')}: --kd={kd} has no logit term (response or relation); the "
+                       "temperature then only softens the teachers' logits while the export prunes the student.")
+    if "relation" not in names:
+        unused(["fusion", "heads", "relation_centre"],
+               f"--kd={kd} does not include relation, the only method that reads {{it}}")
+    elif FLAGS.fusion != "attention":
+        unused(["heads"], f"--fusion={FLAGS.fusion} has no attention heads (only --fusion=attention does)")
+    terms = {t for n in names for t in KD_TERMS[n]}
+    for term in WEIGHT_TERMS:
+        if term not in terms:
+            unused([f"{term}_weight"], f"--kd={kd} has no loss_{term} term")
+    teacher_flags = ["teachers", "teacher_weights", "teacher_dir", "teacher_epochs", "teacher_learning_rate",
+                     "shipped_teachers", "teacher_cache"]
+    if names == ["none"]:
+        # --teacher_views still sets the views of --train_inputs=views without teachers.
+        unused(teacher_flags + (["teacher_views"] if FLAGS.train_inputs == "fresh" else []),
+               "--kd=none trains the student alone, without teachers")
+    else:
+        if FLAGS.teachers and all(n.endswith(".keras") for n in FLAGS.teachers):
+            unused(["teacher_weights", "teacher_dir", "teacher_epochs", "teacher_learning_rate", "shipped_teachers"],
+                   "every --teachers entry is a saved .keras teacher, so none is trained or stored here")
+        if FLAGS.train_inputs == "fresh":
+            unused(["teacher_cache", "teacher_views"],
+                   "--train_inputs=fresh runs the teachers on each new batch, with no cached views")
+    if FLAGS.dataset == "synthetic":
+        unused(["data_dir", "split_file"], "--dataset=synthetic is embedded (give --dataset=kvasir_v2, "
+               "hyper_kvasir or folder to read --data_dir)")
+    if FLAGS.dataset in ("synthetic", "folder"):
+        unused(["fold"], f"--dataset={FLAGS.dataset} has a fixed split, not folds")
+    if not FLAGS.export:
+        unused(["per_tensor", "min_agreement"], "--noexport writes no .tflite model (python -m "
+               "keras_endokd.export takes its own --per_tensor and --min_agreement)")
+    return out
+
+
+def config_from_flags():
+    names = check_flags()
+    for line in flag_warnings(names):
+        print(f"warning: {line}", file=sys.stderr)
+    from keras_endokd.distill.registry import parse_kd
+    from keras_endokd.run import RunConfig
+
+    parse_kd(FLAGS.kd)  # the library's own check, behind the copy above
+    teachers = tuple(FLAGS.teachers or DEFAULT_TEACHERS)
     loss_weights = {
         f"loss_{t}": getattr(FLAGS, f"{t}_weight")
-        for t in ("response", "feature", "attention", "relation", "relation_rkd", "relation_kd", "fusion_ce", "rkd")
+        for t in WEIGHT_TERMS
         if getattr(FLAGS, f"{t}_weight") is not None
     }
     return RunConfig(
@@ -169,16 +370,16 @@ def main(argv=None) -> int:
     _, code = parse_flags(FLAGS, argv, __doc__)
     if code is not None:
         return code
+    try:
+        cfg = config_from_flags()  # every flag checked before it imports TensorFlow
+    except ValueError as err:  # UsageError and the registries' own flag checks
+        return fail(err)
     from keras_endokd.data.source import DatasetLayoutError
     from keras_endokd.deploy.export import ExportCheckError
     from keras_endokd.run import run
     from keras_endokd.distribute import StrategyError
     from keras_endokd.run_folder import NonFiniteLossError, RunFolderError
 
-    try:
-        cfg = config_from_flags()
-    except ValueError as err:  # UsageError and the registries' own flag checks
-        return fail(err)
     try:
         run(cfg)
     except (DatasetLayoutError, FileNotFoundError, NonFiniteLossError, RunFolderError, StrategyError) as err:
