@@ -264,7 +264,8 @@ class Progress:
         self.total = int(total)
         self.label = label
         self.done = 0
-        self.stream = sys.stdout if stream is None else stream
+        # stderr, as progress bars go: a command's stdout may be its result (describe's JSON).
+        self.stream = sys.stderr if stream is None else stream
         self.clock = clock
         self.quiet_s = quiet_s
         self.step = max(1, math.ceil(self.total / max(1, steps)))

@@ -314,7 +314,7 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
     distiller = Distiller(student, teachers, losses, student_loss_weight=cfg.ce_weight)
     distiller.compile(optimizer=_optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])),
                       metrics=["accuracy"], jit_compile=_jit(cfg))
-    train_ds, stream = training_inputs(cfg, source, datasets, distiller)
+    train_ds, stream, cache = training_inputs(cfg, source, datasets, distiller)
     log(f"student: training for {cfg.epochs - done} epochs on {cfg.train_inputs} inputs; loss = "
         f"{distiller.objective()}")
     t0 = time.time()
@@ -323,6 +323,8 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
                   verbose=_verbose(cfg))
     log(f"student (--kd={cfg.kd}{', --fusion=' + cfg.fusion if 'relation' in cfg.kd else ''}) "
         f"trained in {time.time() - t0:.0f}s")
+    if cache is not None:
+        cache.close()
     io.save_model(student, student_path)
     run_folder.clear_backup(run_dir)
     # The last epoch's logs: every loss term, and the fusion's diagnostics (attention entropy,
@@ -332,7 +334,7 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
 
 
 def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, distiller: Distiller):
-    """The training batches of `cfg.train_inputs`, and the stream's fingerprint (None: fresh).
+    """(batches, the stream's fingerprint, the cache) for `cfg.train_inputs` (fresh: no cache).
 
     "views": the views of every training image (distill.teacher_cache), with the teachers'
     precomputed outputs when there are teachers and `--teacher_cache` is not off; the student
@@ -340,7 +342,7 @@ def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, disti
     live.
     """
     if cfg.train_inputs == "fresh":
-        return datasets["train"], None
+        return datasets["train"], None, None
     t0 = time.time()
     cached = bool(distiller.teachers and distiller.distillation_losses and cfg.teacher_cache != "off")
     graphs = distiller.teacher_tap_models if cached else []
@@ -363,7 +365,7 @@ def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, disti
     log(f"{what}: {cache.num_views} views x {len(cache.labels)} images, "
         f"{cache.nbytes / 2**20:.0f} MiB {where} ({time.time() - t0:.0f}s)")
     return (cache.dataset(cfg.batch_size, cfg.seed, taps=distiller.teacher_taps if cached else []),
-            cache.stream_fingerprint(cfg.seed))
+            cache.stream_fingerprint(cfg.seed), cache)
 
 
 def protocol(cfg: RunConfig, stream_sha256: Optional[str]) -> dict:

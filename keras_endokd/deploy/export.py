@@ -213,6 +213,8 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
                   crop_border=crop_border, seed=seed, verbose=verbose)
     # 1. Prune, distilling from the teachers' cached logits.
     t0 = time.time()
+    if sparsity > 0:
+        _log(f"pruning to {sparsity:.0%} sparsity, fine-tuning {fine_tune_epochs} epochs")
     targets = (teacher_logits(teachers, train, image_size, crop_border, batch_size)
                if teachers and (sparsity > 0 or qat) else None)
     pruned, prune_report = prune_student(student, train, val, sparsity=sparsity,
@@ -241,6 +243,8 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
 
     # 3. Convert: float32 from the Keras 3 student; integer models from it (or the QAT twin).
     t0 = time.time()
+    _log("converting to TFLite: float32, int8 (choosing per-layer weight scales within the budget), "
+         "Android uint8")
     representative = representative_images(train, image_size, representative_count, crop_border,
                                            seed)
     probabilities = probability_model(pruned)

@@ -71,6 +71,11 @@ class TeacherCache:
         self.views, self.outputs, self.labels = views, outputs, np.asarray(labels, np.int32)
         self.num_teachers, self.taps, self.folder = num_teachers, list(taps), folder
 
+    def close(self) -> None:
+        """Drops the arrays (hundreds of MiB): `tf.data` keeps the functions of a finished
+        dataset, and with them this cache, alive until the process ends."""
+        self.views, self.outputs = np.zeros((0, 0, 1, 1, 3), np.uint8), {}
+
     @property
     def num_views(self) -> int:
         return self.views.shape[0]
@@ -90,7 +95,7 @@ class TeacherCache:
         crop_border: bool = False,
         mode: str = "auto",
         folder: Optional[str] = None,
-        batch_size: int = 128,
+        batch_size: int = 32,
     ) -> "TeacherCache":
         """Renders the views and runs each teacher's tap model once per view.
 
