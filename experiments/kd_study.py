@@ -3,16 +3,16 @@
 Gammulle et al. 2023 ("Learning Through Guidance: Knowledge Distillation for Endoscopic Image
 Classification") compare, on one dataset, the teachers, the student alone, response-based,
 feature-based and relation-based distillation (their teacher fusion against mean and
-confidence-weighted fusion), and ablate the fusion's attention heads. This script runs:
+confidence-weighted fusion), and ablate the fusion's attention heads. This script runs, every arm on the same input stream (see experiments/README.md, "The protocol"):
 
-- each teacher (trained once; one value, no std);
-- the student alone (`--kd=none`), response (Hinton KD), feature (FitNets + attention transfer),
-  relation with mean (AVER), confidence-weighted (CA-MKD) and multi-head-attention fusion (the
-  headline method), and response + feature + relation together; each over `--seeds`;
-- ablations of the headline method over `--ablation_seeds`: attention heads (`--heads_grid`), and
-  temperature (`--temperature_grid`). The temperature only scales the response term, so that
-  ablation runs on `--temperature_kd` (default response + relation, MHA fusion), not on relation
-  alone, where it would change nothing.
+- each teacher (the shipped ones on the embedded data; trained once elsewhere; no std);
+- over `--seeds` (`study_methods.MAIN_METHODS`): the student alone on the views and on fresh
+  augmentation, response (Hinton KD), feature (FitNets + attention transfer), relation with mean
+  (AVER) and multi-head-attention fusion (the headline); each paired by seed against the better
+  student-alone arm by validation accuracy;
+- over `--ablation_seeds`: confidence-weighted fusion (CA-MKD), response + feature + relation,
+  the headline recipe's ablations (`study_methods.VARIANTS`), and the attention heads
+  (`--heads_grid`) and temperature (`--temperature_grid`, on `--temperature_kd`) grids.
 
 How, and why:
 - seeds: only `RunConfig.seed` varies (student initialisation, shuffling, augmentation, the
@@ -22,8 +22,9 @@ How, and why:
   their outputs (every tap) are cached on disk (`teacher_cache="disk"`, `cache_all_taps`), once per
   seed, then reused by every run with that seed. Runs go seed by seed; a seed's caches (GBs) are
   deleted once its runs are done, unless `--keep_caches`.
-- runs skip the deployment export; every student row has the same architecture, so its int8 size
-  and latency are measured once: the first seed's headline student, converted to full-int8 TFLite
+- the main runs of `--export_seeds` are exported (pruned int8, checked in LiteRT) for their int8
+  accuracy; the others skip the export. Every student row has the same architecture, so its
+  int8 size and latency are measured once: the first seed's headline student, converted to full-int8 TFLite
   with representative training images, timed with experiments.bench_infer's `latency_ms` (median
   `invoke()` at batch 1, 1 thread). Each teacher is measured the same way (float32 if its int8
   conversion fails; the table says which).
