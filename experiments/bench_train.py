@@ -156,12 +156,12 @@ def _arm(cfg, split, num_classes, teachers, train, cached: bool, warmup_split=No
     from keras_endokd.distill.distiller import Distiller
     from keras_endokd.distill.registry import build_losses
     from keras_endokd.models.student import build_student
-    from keras_endokd.run import _optimizer
+    from keras_endokd.run_config import optimizer
 
     keras.utils.set_random_seed(cfg.seed)
     distiller = Distiller(build_student(num_classes, cfg.image_size), teachers,
                           build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads))
-    distiller.compile(optimizer=_optimizer(cfg.learning_rate, cfg.epochs, len(train)),
+    distiller.compile(optimizer=optimizer(cfg.learning_rate, cfg.epochs, len(train)),
                       metrics=["accuracy"])
     build_seconds = 0.0
     if cached:
@@ -194,7 +194,7 @@ def _wait(arm, steps: int, warmup: int):
 def _score(arm, source, datasets, wait_steps: int = 30) -> dict:
     import numpy as np
 
-    from keras_endokd.run import predict_labels
+    from keras_endokd.run_config import predict_labels
 
     n, timer = len(source.splits["train"]), arm["timer"]
     accuracy = float(np.mean(predict_labels(arm["distiller"].student, datasets["test"])
@@ -239,7 +239,8 @@ def main(argv=None) -> int:
 
     from keras_endokd.data import load_dataset
     from keras_endokd.models.teachers import build_teacher
-    from keras_endokd.run import RunConfig, make_datasets, obtain_teachers
+    from keras_endokd.run_config import RunConfig, make_datasets
+    from keras_endokd.teacher_stage import obtain_teachers
 
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()

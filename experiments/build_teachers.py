@@ -34,10 +34,11 @@ def main(argv=None) -> int:
         return code
     import dataclasses
 
-    from keras_endokd import io
+    from keras_endokd import atomic_files
     from keras_endokd.data import load_dataset
     from keras_endokd.distill.teacher_store import SHIPPED_DIR
-    from keras_endokd.run import RunConfig, log, make_datasets, obtain_teachers
+    from keras_endokd.run_config import RunConfig, log, make_datasets
+    from keras_endokd.teacher_stage import obtain_teachers
 
     cfg = dataclasses.replace(RunConfig(), teacher_dir=FLAGS.teacher_dir, shipped_teachers=False)
     source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.resolved_data_seed(),
@@ -48,9 +49,9 @@ def main(argv=None) -> int:
     for info in infos:
         stem = f"{info['name']}-{info['key']}"
         with open(info["path"], "rb") as f:
-            io.write_bytes(os.path.join(SHIPPED_DIR, stem + ".keras"), f.read())
+            atomic_files.write_bytes(os.path.join(SHIPPED_DIR, stem + ".keras"), f.read())
         shipped = {k: v for k, v in info.items() if k not in ("path", "shipped")}
-        io.write_json(os.path.join(SHIPPED_DIR, stem + ".json"), shipped)
+        atomic_files.write_json(os.path.join(SHIPPED_DIR, stem + ".json"), shipped)
         keep |= {stem + ".keras", stem + ".json"}
     for name in sorted(set(os.listdir(SHIPPED_DIR)) - keep):
         os.remove(os.path.join(SHIPPED_DIR, name))

@@ -173,7 +173,7 @@ class Study:
         return os.path.join(self.output_dir, "runs", f"{method.name}-seed{seed}{suffix}")
 
     def run_config(self, method: Method, seed: int, fold: int):
-        from keras_endokd.run import RunConfig
+        from keras_endokd.run_config import RunConfig
 
         overrides = method.overrides()
         return RunConfig(
@@ -220,8 +220,8 @@ def execute(study: Study) -> list:
     """Runs (or reuses) every job; returns one record per run."""
     import keras
 
-    from keras_endokd import io
-    from keras_endokd.run import run
+    from keras_endokd import atomic_files
+    from keras_endokd.pipeline import run
 
     jobs, records, fresh_seconds = study.jobs(), [], []
     cache_root = os.path.join(study.teacher_dir, "cache")
@@ -241,7 +241,7 @@ def execute(study: Study) -> list:
             metrics = run(cfg)
             seconds = time.time() - start
             fresh_seconds.append(seconds)
-            io.write_json(timing_path, {"seconds": seconds, "resumed": cfg.resume})
+            atomic_files.write_json(timing_path, {"seconds": seconds, "resumed": cfg.resume})
         left = len(jobs) - i
         eta = (f", about {left * sum(fresh_seconds) / len(fresh_seconds) / 60:.0f} min left"
                if fresh_seconds and left else "")
@@ -288,8 +288,9 @@ def evaluate_teachers(study: Study) -> tuple:
 
     Returns ([{name, path, params, train_seconds, fold, scores}], fold-0 DatasetSource)."""
     from keras_endokd.data import load_dataset
-    from keras_endokd.evaluation import classification_metrics
-    from keras_endokd.run import make_datasets, obtain_teachers, predict_labels
+    from keras_endokd.classification_metrics import classification_metrics
+    from keras_endokd.run_config import make_datasets, predict_labels
+    from keras_endokd.teacher_stage import obtain_teachers
 
     rows, first_source = [], None
     for fold in study.folds:
@@ -325,7 +326,7 @@ def measure_deploy(study: Study, models: dict, source) -> dict:
     import keras
 
     from experiments.bench_infer import latency_ms
-    from keras_endokd import io
+    from keras_endokd import atomic_files
     from keras_endokd.deploy.convert import probability_model, to_tflite
     from keras_endokd.deploy.quantize import representative_images
 
@@ -348,8 +349,8 @@ def measure_deploy(study: Study, models: dict, source) -> dict:
             except Exception as err:  # a teacher with an op int8 TFLite lacks: measure float32
                 meta.update(kind="float32", int8_error=f"{type(err).__name__}: {str(err)[:300]}")
                 data = to_tflite(model)
-            io.write_bytes(tflite_path, data)
-            io.write_json(meta_path, meta)
+            atomic_files.write_bytes(tflite_path, data)
+            atomic_files.write_json(meta_path, meta)
         with open(tflite_path, "rb") as f:
             data = f.read()
         ms = latency_ms(data, 1, study.latency_runs, warmup=max(5, min(50, study.latency_runs // 4)))

@@ -13,7 +13,7 @@ import statistics
 
 import numpy as np
 
-from keras_endokd import io
+from keras_endokd import atomic_files
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "mcc")
 _COLUMNS = ("Acc. (%)", "Macro prec. (%)", "Macro rec. (%)", "Macro F1 (%)", "MCC")
@@ -118,7 +118,7 @@ def protocol(records: list) -> dict:
     """The comparison's protocol, and whether every arm of a seed saw one input stream.
 
     `identical_streams_per_seed`: {seed: True} when every `views` run of that seed (and fold)
-    recorded the same input-stream fingerprint (keras_endokd.run.protocol)."""
+    recorded the same input-stream fingerprint (keras_endokd.student_stage.protocol)."""
     streams = {}
     for r in records:
         p = r.get("protocol") or {}
@@ -346,17 +346,17 @@ def plot_tradeoff(results, x_key: str, path: str) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    with io.atomic_path(path, suffix=".png") as tmp:
+    with atomic_files.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp)
     plt.close(fig)
     return path
 
 
 def write_outputs(results, folder: str) -> list:
-    from keras_endokd.evaluation import plot_confusion_matrix
+    from keras_endokd.classification_metrics import plot_confusion_matrix
 
-    paths = [io.write_json(os.path.join(folder, "results.json"), results),
-             io.write_text(os.path.join(folder, "results.md"), markdown(results)),
+    paths = [atomic_files.write_json(os.path.join(folder, "results.json"), results),
+             atomic_files.write_text(os.path.join(folder, "results.md"), markdown(results)),
              plot_tradeoff(results, "params", os.path.join(folder, "accuracy_vs_params.png")),
              plot_tradeoff(results, "latency", os.path.join(folder, "accuracy_vs_latency.png"))]
     labels = {r["name"]: r["label"] for r in results["main"] + results.get("other", []) + results.get("recipe", [])

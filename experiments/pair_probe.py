@@ -90,16 +90,16 @@ def probe(width: float, train, test, epochs: int, learning_rate: float, image_si
     import keras
     import numpy as np
 
-    from keras_endokd.data.pipeline import make_dataset
+    from keras_endokd.data.tf_datasets import make_dataset
     from keras_endokd.distill.distiller import Distiller
     from keras_endokd.models.student import separable_cnn
-    from keras_endokd.run import _optimizer
+    from keras_endokd.run_config import optimizer
 
     keras.utils.set_random_seed(seed)
     data = make_dataset(train, image_size, 32, training=True, seed=seed)
     model = separable_cnn(2, image_size, width=width, name=f"probe_x{width:g}", stem_stride=stem_stride)
     trainer = Distiller(model)
-    trainer.compile(optimizer=_optimizer(learning_rate, epochs, len(data)), metrics=["accuracy"])
+    trainer.compile(optimizer=optimizer(learning_rate, epochs, len(data)), metrics=["accuracy"])
     start = time.time()
     trainer.fit(data, epochs=epochs, verbose=0, shuffle=False)
 

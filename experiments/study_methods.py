@@ -1,7 +1,7 @@
 """The methods `experiments.kd_study` compares: names, table labels, the headline's settings.
 
 A `Method` is one arm of the comparison. Every arm trains on the same input stream (the run's
-`train_inputs`, `views` by default: see keras_endokd.run.TRAIN_INPUTS) with the same schedule,
+`train_inputs`, `views` by default: see keras_endokd.run_config.TRAIN_INPUTS) with the same schedule,
 so two arms differ in their loss only; the one exception is `none-fresh`, the student alone on
 fresh augmentation, measured so that the baseline is not handicapped by the fixed views.
 """

@@ -15,18 +15,17 @@
 import importlib
 
 # The public names, by the module that defines them. They are imported on first use (PEP 562):
-# the data commands, every --help and `keras_endokd.io` then run without importing TensorFlow,
+# the data commands, every --help and `keras_endokd.atomic_files` then run without importing TensorFlow,
 # which costs ~7 s of CPU per process on 2 cores.
 _EXPORTS = {
     "keras_endokd.data": ("DATASET_NAMES", "DatasetSource", "Split", "load_dataset"),
-    "keras_endokd.data.pipeline": ("make_dataset", "preprocess_image"),
+    "keras_endokd.data.tf_datasets": ("make_dataset", "preprocess_image"),
     "keras_endokd.distill.attention_transfer": ("AttentionTransfer",),
     "keras_endokd.distill.base": ("DistillationTerm",),
     "keras_endokd.distill.distiller": ("Distiller",),
     "keras_endokd.distill.fitnets": ("FitNetsDistillation",),
-    "keras_endokd.distill.fusion": ("TeacherFusion",),
     "keras_endokd.distill.registry": ("KD_METHODS", "build_losses"),
-    "keras_endokd.distill.relation": ("FusionDistillation",),
+    "keras_endokd.distill.fusion_distillation": ("FusionDistillation", "TeacherFusion"),
     "keras_endokd.distill.response": ("ResponseDistillation",),
     "keras_endokd.distill.rkd": ("RelationalDistillation",),
     "keras_endokd.models.student": ("build_student",),

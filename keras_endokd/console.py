@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
-PREFIX = "[keras-endokd]"  # as keras_endokd.run.log, which cannot be imported without TensorFlow
+PREFIX = "[keras-endokd]"  # as keras_endokd.run_config.log, which cannot be imported without TensorFlow
 
 LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
 # INFO and WARNING off, ERROR on: the ERROR lines that are noise are dropped by pattern instead.

@@ -95,10 +95,10 @@ def evaluate(model_path) -> dict:
 
     import numpy as np
 
-    from keras_endokd import io
+    from keras_endokd import atomic_files
     from keras_endokd.data import load_dataset
-    from keras_endokd.data.pipeline import make_dataset
-    from keras_endokd.evaluation import classification_metrics, plot_confusion_matrix
+    from keras_endokd.data.tf_datasets import make_dataset
+    from keras_endokd.classification_metrics import classification_metrics, plot_confusion_matrix
 
     if model_path.endswith(".tflite"):
         from keras_endokd.deploy.litert import TFLiteModel
@@ -137,7 +137,7 @@ def evaluate(model_path) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     test = make_dataset(source.splits["test"], size, FLAGS.batch_size, crop_border=crop)
     if model_path.endswith(".keras"):
-        from keras_endokd.run import evaluate_student
+        from keras_endokd.student_stage import evaluate_student
 
         metrics = evaluate_student(model, test, source, out_dir)
     else:
@@ -151,7 +151,7 @@ def evaluate(model_path) -> dict:
         metrics = {"student": scores, "dataset": source.describe()}
     metrics["model"] = {"path": os.path.abspath(model_path), "format": model_path.rsplit(".", 1)[1],
                         "image_size": size, "crop_border": crop}
-    io.write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    atomic_files.write_json(os.path.join(out_dir, "metrics.json"), metrics)
     s = metrics["student"]
     print(f"[keras-endokd] {model_path} on {source.name} test ({s['num_images']} images): accuracy "
           f"{s['accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}, MCC {s['mcc']:.3f} -> {out_dir}")

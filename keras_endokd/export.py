@@ -112,7 +112,8 @@ def export(argv) -> dict:
 
     from keras_endokd.data import load_dataset
     from keras_endokd.deploy.export import export_student
-    from keras_endokd.run import load_config, log, make_datasets, obtain_teachers
+    from keras_endokd.run_config import load_config, log, make_datasets
+    from keras_endokd.teacher_stage import obtain_teachers
 
     cfg = load_config(run_dir)
     # Where the run folder is now, not where it was trained from: the teachers are found beside it.

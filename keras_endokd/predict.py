@@ -6,7 +6,7 @@
 Prints one JSON line per image: {"image": path, "top3": [{"class": name, "probability": p}, ...]}
 (an image that cannot be read gives {"image": path, "error": why}, the others go on, and the
 exit code is 1). Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
-through THE training preprocessing (`keras_endokd.data.pipeline`): decode, optional black-border
+through THE training preprocessing (`keras_endokd.data.tf_datasets`): decode, optional black-border
 crop, antialiased resize to the model's input size. Both model kinds see the same pixels.
 
 Class names: the .tflite metadata, else labels.txt beside the model, else --labels, else the
@@ -150,7 +150,7 @@ def load_image(path, image_size, crop_border):
     """THE preprocessing of a file: uint8 [S, S, 3]; ValueError naming the file if unreadable."""
     import tensorflow as tf
 
-    from keras_endokd.data.pipeline import decode_image, preprocess_image
+    from keras_endokd.data.tf_datasets import decode_image, preprocess_image
 
     try:
         with open(path, "rb") as f:

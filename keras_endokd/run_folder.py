@@ -19,7 +19,7 @@ from typing import Optional
 import keras
 
 BACKUP = "backup"
-# Everything a run writes (run.py and deploy.export); used to recognise and to clear a run.
+# Everything a run writes (pipeline.py, student_stage.py and deploy); used to recognise and to clear a run.
 RUN_OUTPUTS = (
     "config.json", "history.csv", "logs", "student.keras", "metrics.json", "confusion_matrix.png",
     BACKUP, "student_int8.tflite", "student_android.tflite", "student_float32.tflite", "labels.txt",

@@ -126,7 +126,7 @@ TEACHER_NAMES = ("densenet121", "efficientnetb0", "mobile_hr", "mobile_x2", "mob
                  "resnet50", "small_deepresnet", "small_plaincnn", "small_resnet", "tiny_resnet")
 IMAGENET_TEACHERS = ("densenet121", "efficientnetb0", "mobilenetv2", "resnet50")  # keras.applications
 DEFAULT_TEACHERS = ("mobile_x3", "mobile_x2")
-FUSION_WIDTH = 64  # distill.relation.FusionDistillation's width: --heads must divide it
+FUSION_WIDTH = 64  # distill.fusion_distillation.FusionDistillation's width: --heads must divide it
 # Folds of the k-fold datasets without a split file (data.kvasir.load, data.hyper_kvasir.load).
 DEFAULT_FOLDS = {"kvasir_v2": 2, "hyper_kvasir": 2}
 DATA_DIR_HINT = {
@@ -337,7 +337,7 @@ def config_from_flags():
     for line in flag_warnings(names):
         print(f"warning: {line}", file=sys.stderr)
     from keras_endokd.distill.registry import parse_kd
-    from keras_endokd.run import RunConfig
+    from keras_endokd.run_config import RunConfig
 
     parse_kd(FLAGS.kd)  # the library's own check, behind the copy above
     teachers = tuple(FLAGS.teachers or DEFAULT_TEACHERS)
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
         return fail(err)
     from keras_endokd.data.source import DatasetLayoutError
     from keras_endokd.deploy.export import ExportCheckError
-    from keras_endokd.run import run
+    from keras_endokd.pipeline import run
     from keras_endokd.distribute import StrategyError
     from keras_endokd.run_folder import NonFiniteLossError, RunFolderError
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_endokd.data import BadImageError, DatasetLayoutError, folder, kvasir, load_dataset
-from keras_endokd.data.pipeline import decode_image, make_dataset
+from keras_endokd.data.tf_datasets import decode_image, make_dataset
 
 pytestmark = pytest.mark.xdist_group("test_bad_data")  # its module fixtures are built once, on one worker
 

@@ -101,7 +101,7 @@ def test_bench_infer_measures_the_shipped_student_first(tmp_path):
 
 def test_bench_train_speed_mode_prints_the_new_keys(capsys):
     from experiments import bench_train
-    from keras_endokd.run import RunConfig
+    from keras_endokd.run_config import RunConfig
 
     code = bench_train.main(["bench_train", "--speed_only", "--image_size=32", "--batch_size=4",
                              "--teachers=tiny_resnet,tiny_resnet", "--speed_steps=1",

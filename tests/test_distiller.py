@@ -66,7 +66,7 @@ def test_each_term_is_a_metric_and_validation_reports_the_student_alone():
 def test_attention_fusion_weights_change_when_trained():
     x, y = _data()
     d = _distiller("relation")
-    attention = d.distillation_losses[0].fusion.attention
+    attention = d.distillation_losses[0].teacher_fusion.attention
     before = [w.numpy().copy() for w in attention.weights]
     d.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, attention.weights))

@@ -276,7 +276,7 @@ def test_the_checks_copies_follow_the_library(tmp_path):
     from keras_endokd import train
     from keras_endokd.data import hyper_kvasir, kvasir
     from keras_endokd.distill.registry import KD_METHODS, build_losses
-    from keras_endokd.distill.relation import FusionDistillation
+    from keras_endokd.distill.fusion_distillation import FusionDistillation
     from keras_endokd.models import teachers
 
     assert train.KD_METHODS == tuple(KD_METHODS) == tuple(train.KD_TERMS)

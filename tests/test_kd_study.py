@@ -74,15 +74,15 @@ def test_jobs_share_runs_between_tables(tmp_path):
 
 
 def test_finished_run_is_reused_only_with_the_same_config(tmp_path):
-    from keras_endokd import io
+    from keras_endokd import atomic_files
 
     study = _study(tmp_path)
     cfg = study.run_config(HEADLINE, 0, 0)
     assert kd_study.prepare(cfg) == (cfg, None)  # nothing there: a fresh run
-    io.write_json(os.path.join(cfg.output_dir, "config.json"), dataclasses.asdict(cfg))
+    atomic_files.write_json(os.path.join(cfg.output_dir, "config.json"), dataclasses.asdict(cfg))
     resumed, metrics = kd_study.prepare(cfg)  # started, never finished: continue it
     assert metrics is None and resumed.resume and not resumed.overwrite
-    io.write_json(os.path.join(cfg.output_dir, "metrics.json"), {"student": {"accuracy": 0.5}})
+    atomic_files.write_json(os.path.join(cfg.output_dir, "metrics.json"), {"student": {"accuracy": 0.5}})
     assert kd_study.prepare(dataclasses.replace(cfg, verbose=2)) == (dataclasses.replace(cfg, verbose=2),
                                                                      {"student": {"accuracy": 0.5}})
     changed, metrics = kd_study.prepare(dataclasses.replace(cfg, epochs=2))

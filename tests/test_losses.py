@@ -8,7 +8,7 @@ import pytest
 
 from keras_endokd.distill.attention_transfer import AttentionTransfer, attention_transfer_loss
 from keras_endokd.distill.fitnets import FitNetsDistillation
-from keras_endokd.distill.fusion import TeacherFusion, confidence_weights
+from keras_endokd.distill.fusion_distillation import TeacherFusion, confidence_weights
 from keras_endokd.distill.registry import build_losses, parse_kd
 from keras_endokd.distill.response import ResponseDistillation, soft_kl
 from keras_endokd.distill.rkd import rkd_angle_loss, rkd_distance_loss, rkd_loss
@@ -51,7 +51,7 @@ def test_response_kd_averages_and_weights_teachers():
     a, b = _np(soft_kl(t1, s, 2.0)), _np(soft_kl(t2, s, 2.0))
     teachers = [{"logits": t1}, {"logits": t2}]
     assert _np(ResponseDistillation(2.0).compute_loss(teachers, {"logits": s})["loss_response"]) == pytest.approx((a + b) / 2, rel=1e-5)
-    weighted = ResponseDistillation(2.0, teacher_weights=[3.0, 1.0]).compute_loss(teachers, {"logits": s})
+    weighted = ResponseDistillation(2.0, mixing_weights=[3.0, 1.0]).compute_loss(teachers, {"logits": s})
     assert _np(weighted["loss_response"]) == pytest.approx(0.75 * a + 0.25 * b, rel=1e-5)
 
 
@@ -170,7 +170,7 @@ def test_registry_composes_methods_and_rejects_unknown_names():
                           loss_weights={"loss_feature": 0.5})
     assert [type(l).__name__ for l in losses] == ["ResponseDistillation", "FitNetsDistillation", "AttentionTransfer", "FusionDistillation"]
     assert losses[1].loss_weights["loss_feature"] == 0.5
-    assert losses[0].temperature == 2.0 and losses[3].fusion_mode == "mean"
+    assert losses[0].temperature == 2.0 and losses[3].fusion == "mean"
     assert build_losses("none") == []
     with pytest.raises(ValueError, match="Expected one or more of"):
         parse_kd("response,crd")

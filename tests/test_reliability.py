@@ -215,7 +215,7 @@ def test_multi_worker_trains_with_two_local_workers(tmp_path):
     # The chief's reported accuracy is the saved student's, evaluated here on one device: the
     # predictions were not shuffled by the workers' sharding.
     from keras_endokd.data import load_dataset
-    from keras_endokd.data.pipeline import make_dataset
+    from keras_endokd.data.tf_datasets import make_dataset
 
     source = load_dataset("synthetic", image_size=32)
     student = keras.saving.load_model(out / "student.keras", safe_mode=True)

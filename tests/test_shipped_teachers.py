@@ -10,7 +10,8 @@ import pytest
 from keras_endokd.data import load_dataset
 from keras_endokd.distill.teacher_store import SHIPPED_DIR, TeacherStore, data_fingerprint
 from keras_endokd.models.teachers import DEFAULT_TEACHERS
-from keras_endokd.run import RunConfig, make_datasets, obtain_teachers, predict_labels, teacher_settings
+from keras_endokd.run_config import RunConfig, make_datasets, predict_labels
+from keras_endokd.teacher_stage import obtain_teachers, teacher_settings
 
 pytestmark = pytest.mark.xdist_group("test_shipped_teachers")
 

@@ -48,7 +48,7 @@ def test_flag_defaults_and_help_follow_the_library():
     from experiments import kd_study
     from keras_endokd import train
     from keras_endokd.models.teachers import TEACHER_NAMES
-    from keras_endokd.run import RunConfig
+    from keras_endokd.run_config import RunConfig
 
     shared = [f for f in dataclasses.fields(RunConfig) if f.name in train.FLAGS and f.name != "teachers"]
     assert len(shared) > 30

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from keras_endokd.console import progress
 
-from keras_endokd.data.pipeline import decode_image
+from keras_endokd.data.tf_datasets import decode_image
 from keras_endokd.data.source import (
     BadImageError,
     DatasetLayoutError,

@@ -2,7 +2,7 @@
 
 Loaders (synthetic, Kvasir-v2, Hyper-Kvasir, image folder) differ only in how they find images and
 split them; everything after that (decoding, resizing, augmentation, batching) is shared by
-`keras_endokd.data.pipeline`. A split holds either file paths (real data, decoded lazily) or an
+`keras_endokd.data.tf_datasets`. A split holds either file paths (real data, decoded lazily) or an
 in-memory uint8 image array (the embedded synthetic data, which has no files).
 """
 

@@ -61,7 +61,7 @@ import numpy as np
 from keras_endokd.data import synthetic_render as R
 from keras_endokd.data.kvasir import CLASS_NAMES  # the synthetic data imitates Kvasir-v2
 from keras_endokd.data.source import SPLIT_NAMES, DatasetSource, Split
-from keras_endokd.io import atomic_path
+from keras_endokd.atomic_files import atomic_path
 
 F32 = np.float32
 

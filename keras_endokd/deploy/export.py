@@ -1,6 +1,6 @@
 """A trained student -> the deployment files: prune, quantize, convert, check, microcontroller.
 
-`export_student` writes into the run folder (every file atomically, `keras_endokd.io`):
+`export_student` writes into the run folder (every file atomically, `keras_endokd.atomic_files`):
 
     student_pruned.keras     the pruned, fine-tuned Keras 3 student (when --sparsity > 0)
     student_float32.tflite   float32 reference model (metadata attached)
@@ -35,8 +35,8 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from keras_endokd import io
-from keras_endokd.data.pipeline import image_dataset
+from keras_endokd import atomic_files
+from keras_endokd.data.tf_datasets import image_dataset
 from keras_endokd.data.source import DatasetSource
 from keras_endokd.deploy import micro
 from keras_endokd.deploy.convert import (check_pixel_input, input_quantization,
@@ -47,7 +47,7 @@ from keras_endokd.deploy.metadata import write_metadata
 from keras_endokd.deploy.prune import kernel_sparsity, prune_student, teacher_logits
 from keras_endokd.deploy.quantize import (MIN_REPRESENTATIVE, quantization_aware_training,
                                           representative_images)
-from keras_endokd.evaluation import classification_metrics
+from keras_endokd.classification_metrics import classification_metrics
 
 ARENA_TARGET_BYTES = 256 * 1024  # at 128x128 input
 MODEL_TARGET_BYTES = 64 * 1000  # int8 .tflite, at 128x128 input ("64 KB": the stricter reading)
@@ -201,7 +201,7 @@ def export_student(
     except Exception as err:
         report["status"] = "failed"
         report["error"] = f"{type(err).__name__}: {err}"
-        io.write_json(os.path.join(run_dir, "export_report.json"), report)
+        atomic_files.write_json(os.path.join(run_dir, "export_report.json"), report)
         raise
 
 
@@ -294,12 +294,12 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
     written = []
     pruned_path = os.path.join(run_dir, "student_pruned.keras")
     if sparsity > 0:
-        written.append(io.save_model(pruned, pruned_path))
+        written.append(atomic_files.save_model(pruned, pruned_path))
     elif os.path.exists(pruned_path):  # an earlier export's; it no longer matches the .tflite files
         os.remove(pruned_path)
     for key, data in models.items():
-        written.append(io.write_bytes(os.path.join(run_dir, TFLITE_FILES[key]), data))
-    written.append(io.write_text(os.path.join(run_dir, "labels.txt"),
+        written.append(atomic_files.write_bytes(os.path.join(run_dir, TFLITE_FILES[key]), data))
+    written.append(atomic_files.write_text(os.path.join(run_dir, "labels.txt"),
                                  "\n".join(source.class_names) + "\n"))
     report["micro"] = _micro(run_dir, models["int8"], image_size, written)
     m = report["micro"]
@@ -311,11 +311,11 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
 
     # 6. Model card and report.
     report["model_card"] = _model_card(report, source, params, image_size, crop_border)
-    written.append(io.write_json(os.path.join(run_dir, "model_card.json"), report["model_card"]))
+    written.append(atomic_files.write_json(os.path.join(run_dir, "model_card.json"), report["model_card"]))
     report["files"] = sorted(os.path.basename(p) for p in written) + ["export_report.json"]
     report["status"] = "ok"
     report["seconds"] = round(time.time() - start, 1)
-    io.write_json(os.path.join(run_dir, "export_report.json"), report)
+    atomic_files.write_json(os.path.join(run_dir, "export_report.json"), report)
     _log(f"wrote {len(report['files'])} files to {os.path.abspath(run_dir)} in "
          f"{report['seconds']:.0f}s")
     return report
@@ -446,7 +446,7 @@ def _micro(run_dir, int8: bytes, image_size: int, written: list) -> dict:
         arena, failure = None, str(err)
         _log(f"micro: arena not measured: {failure}")
     header = os.path.join(run_dir, "micro_op_resolver.h")
-    written += [cc, h, io.write_text(header, _resolver_header(int8, arena))]
+    written += [cc, h, atomic_files.write_text(header, _resolver_header(int8, arena))]
     out = {"files": ["model_data.cc", "model_data.h", "micro_op_resolver.h"],
            "ops": op_names(int8), "model_bytes": len(int8),
            "model_target_bytes": MODEL_TARGET_BYTES, "arena_target_bytes": ARENA_TARGET_BYTES,
@@ -479,7 +479,7 @@ def _model_card(report, source, params, image_size, crop_border) -> dict:
                   f"{image_size},3]", "preprocessing": "decode, "
                   + ("crop the black endoscope border, " if crop_border else "")
                   + f"resize (squash, antialiased) to {image_size}x{image_size}: "
-                  "keras_endokd.data.pipeline.preprocess_image",
+                  "keras_endokd.data.tf_datasets.preprocess_image",
                   "int8_model_input": "q = pixel - 128 (scale 1, zero point -128)"},
         "normalization": {"mean": [0.0], "std": [1.0], "note": "feed raw pixel values 0-255; the "
                           "model scales them to [-1, 1] itself"},

@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 from keras_endokd.deploy.litert import op_names
-from keras_endokd.io import write_text
+from keras_endokd.atomic_files import write_text
 
 # Builtin operators with a `MicroMutableOpResolver::Add*` method, from tensorflow/tflite-micro
 # `tensorflow/lite/micro/micro_mutable_op_resolver.h` (2025) plus REDUCE_ALL and

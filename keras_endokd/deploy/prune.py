@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from keras_endokd.data.pipeline import AUTOTUNE, image_dataset, make_dataset
+from keras_endokd.data.tf_datasets import AUTOTUNE, image_dataset, make_dataset
 from keras_endokd.data.source import Split
 from keras_endokd.deploy.twin import to_keras, to_tf_keras
 from keras_endokd.distill.response import soft_kl

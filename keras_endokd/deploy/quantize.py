@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tf_keras
 
-from keras_endokd.data.pipeline import image_dataset
+from keras_endokd.data.tf_datasets import image_dataset
 from keras_endokd.data.source import Split
 from keras_endokd.deploy.prune import distillation_loss, fine_tune_dataset, fine_tune_targets
 from keras_endokd.deploy.twin import to_tf_keras

@@ -89,15 +89,15 @@ def weighted_mean(per_sample, sample_weight=None):
     return keras.ops.mean(per_sample * w)
 
 
-def teacher_mean(values: Sequence, teacher_weights: Optional[Sequence[float]] = None):
+def teacher_mean(values: Sequence, mixing_weights: Optional[Sequence[float]] = None):
     """Mean of per-teacher scalars, optionally weighted (weights are normalized to sum to 1)."""
-    if teacher_weights is None:
+    if mixing_weights is None:
         return keras.ops.mean(keras.ops.stack(values))
-    if len(teacher_weights) != len(values):
+    if len(mixing_weights) != len(values):
         raise ValueError(
-            f"{len(teacher_weights)} teacher weights given for {len(values)} teachers."
+            f"{len(mixing_weights)} mixing weights given for {len(values)} teachers."
         )
-    w = keras.ops.convert_to_tensor(teacher_weights, dtype=values[0].dtype)
+    w = keras.ops.convert_to_tensor(mixing_weights, dtype=values[0].dtype)
     return keras.ops.sum(keras.ops.stack(values) * w) / keras.ops.sum(w)
 
 

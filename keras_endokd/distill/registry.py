@@ -15,13 +15,13 @@ from typing import Dict, Iterable, List, Optional
 
 from keras_endokd.distill.attention_transfer import AttentionTransfer
 from keras_endokd.distill.fitnets import FitNetsDistillation
-from keras_endokd.distill.relation import FusionDistillation
+from keras_endokd.distill.fusion_distillation import FusionDistillation
 from keras_endokd.distill.response import ResponseDistillation
 from keras_endokd.distill.rkd import RelationalDistillation
 
 KD_METHODS = {
     "none": lambda o: [],
-    "response": lambda o: [ResponseDistillation(o["temperature"], o.get("teacher_weights"))],
+    "response": lambda o: [ResponseDistillation(o["temperature"], o.get("mixing_weights"))],
     "feature": lambda o: [FitNetsDistillation(), AttentionTransfer()],
     "relation": lambda o: [FusionDistillation(o["fusion"], num_heads=o["heads"], temperature=o["temperature"],
                                               centre=o.get("centre", True))],
@@ -51,7 +51,7 @@ def build_losses(
     fusion: str = "attention",
     heads: int = 4,
     loss_weights: Optional[Dict[str, float]] = None,
-    teacher_weights: Optional[Iterable[float]] = None,
+    mixing_weights: Optional[Iterable[float]] = None,
     centre: bool = True,
 ) -> list:
     """The distillation losses for `kd`, each term weighted from `loss_weights` where given.
@@ -60,7 +60,7 @@ def build_losses(
     `loss_relation`, `loss_relation_rkd`, `loss_relation_kd`, `loss_rkd`, `loss_fusion_ce`) to weights; terms not named keep their
     defaults.
     """
-    options = {"temperature": temperature, "fusion": fusion, "heads": heads, "teacher_weights": teacher_weights,
+    options = {"temperature": temperature, "fusion": fusion, "heads": heads, "mixing_weights": mixing_weights,
                "centre": centre}
     losses = [loss for name in parse_kd(kd) for loss in KD_METHODS[name](options)]
     for loss in losses:

@@ -38,20 +38,20 @@ class ResponseDistillation(DistillationTerm):
 
     Args:
       temperature: softening temperature T (> 0).
-      teacher_weights: optional per-teacher weights (normalized); equal by default.
+      mixing_weights: optional per-teacher weights (normalized); equal by default.
     """
 
     student_taps = (LOGITS,)
     teacher_taps = (LOGITS,)
 
     def __init__(
-        self, temperature: float = 4.0, teacher_weights: Optional[Sequence[float]] = None, **kwargs
+        self, temperature: float = 4.0, mixing_weights: Optional[Sequence[float]] = None, **kwargs
     ):
         super().__init__(**kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.temperature = float(temperature)
-        self.teacher_weights = list(teacher_weights) if teacher_weights is not None else None
+        self.mixing_weights = list(mixing_weights) if mixing_weights is not None else None
 
     @classmethod
     def default_loss_weights(cls):
@@ -62,11 +62,11 @@ class ResponseDistillation(DistillationTerm):
             weighted_mean(soft_kl_per_sample(t[LOGITS], student_outputs[LOGITS], self.temperature), sample_weight)
             for t in teacher_outputs
         ]
-        return {"loss_response": teacher_mean(per_teacher, self.teacher_weights)}
+        return {"loss_response": teacher_mean(per_teacher, self.mixing_weights)}
 
     def get_config(self):
         return {
             **super().get_config(),
             "temperature": self.temperature,
-            "teacher_weights": self.teacher_weights,
+            "mixing_weights": self.mixing_weights,
         }

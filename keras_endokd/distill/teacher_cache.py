@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from keras_endokd.console import progress
 from keras_endokd.data.augment import build_augmenter
-from keras_endokd.data.pipeline import image_dataset
+from keras_endokd.data.tf_datasets import image_dataset
 from keras_endokd.data.source import Split
 from keras_endokd.distill.distiller import IMAGE_KEY, TEACHERS_KEY
 

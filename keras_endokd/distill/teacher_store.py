@@ -72,7 +72,7 @@ class TeacherStore:
         was killed continues from there in the next run with the same key, and the checkpoint
         is removed once the teacher is stored. Returns (model, info, reused).
         """
-        from keras_endokd import io
+        from keras_endokd import atomic_files
 
         key = self.key(name, fingerprint, settings)
         path = self.path(name, key)
@@ -90,7 +90,7 @@ class TeacherStore:
         backup_dir = path[: -len(".keras")] + ".backup"
         model, info = train(backup_dir)
         info = {**info, "name": name, "key": key, "settings": settings, "path": path}
-        io.save_model(model, path)
-        io.write_json(info_path, info)
+        atomic_files.save_model(model, path)
+        atomic_files.write_json(info_path, info)
         shutil.rmtree(backup_dir, ignore_errors=True)
         return model, info, False

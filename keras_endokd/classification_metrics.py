@@ -54,7 +54,7 @@ def plot_confusion_matrix(confusion, class_names: Sequence[str], path: str, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from keras_endokd.io import atomic_path
+    from keras_endokd.atomic_files import atomic_path
 
     cm = np.asarray(confusion, dtype=np.float64)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)

@@ -7,7 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_endokd.data.augment import RandomTranspose, build_augmenter
-from keras_endokd.data.pipeline import crop_black_border, decode_image, make_dataset, preprocess_image
+from keras_endokd.data.tf_datasets import crop_black_border, decode_image, make_dataset, preprocess_image
 from keras_endokd.data.source import Split
 
 
