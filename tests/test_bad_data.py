@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_endokd.data import BadImageError, DatasetLayoutError, folder, kvasir, load_dataset
+from keras_endokd.data import BadImageError, DatasetLayoutError, checks, folder, kvasir, load_dataset
 from keras_endokd.data.tf_datasets import decode_image, make_dataset
 
 pytestmark = pytest.mark.xdist_group("test_bad_data")  # its module fixtures are built once, on one worker
@@ -86,6 +86,7 @@ def folder_tree(tmp_path_factory):
         (root / name).mkdir()
     for i in range(6):
         (root / "alpha" / f"red_{i}.jpg").write_bytes(_jpeg(RED))
+    for i in range(10):  # with the 4 unreadable ones, every split keeps a good image
         (root / "beta" / f"green_{i}.jpg").write_bytes(_jpeg(GREEN))
     for name, (data, _, _) in ODD_FORMATS.items():
         (root / "alpha" / name).write_bytes(data)
@@ -114,8 +115,9 @@ def test_every_bad_case_is_skipped_with_its_reason(folder_source, folder_tree):
     assert reasons[".hidden.jpg"] == "hidden file"
     assert "outside any class folder" in reasons["stray.jpg"]
     assert reasons["gamma"] == "empty class folder"
+    assert folder_source.class_names == ("alpha", "beta")  # the empty folder is not a class
     assert not _used(folder_source) & set(reasons)
-    expected_used = {f"{c}_{i}.jpg" for c in ("red", "green") for i in range(6)}
+    expected_used = {f"red_{i}.jpg" for i in range(6)} | {f"green_{i}.jpg" for i in range(10)}
     assert _used(folder_source) == expected_used | set(ODD_FORMATS) | {"big.jpg"}
     described = folder_source.describe()
     assert described["skipped_count"] == len(described["skipped"]) == 9
@@ -166,7 +168,14 @@ def kvasir_tree(tmp_path):
 
 
 def test_kvasir_layout_skips_and_reports(kvasir_tree):
-    source = load_dataset("kvasir_v2", data_dir=str(kvasir_tree))
+    # Kvasir-v2's 8 classes are fixed: the empty one stops load_dataset, naming class and splits.
+    with pytest.raises(DatasetLayoutError) as error:
+        load_dataset("kvasir_v2", data_dir=str(kvasir_tree))
+    message = str(error.value)
+    for split in ("train", "val", "test"):
+        assert f"class {kvasir.CLASS_NAMES[0]!r} has no image in the {split} split (0 image(s)" in message
+    assert "'polyps'" not in message
+    source = checks.check_images(kvasir.load(kvasir_tree))
     reasons = _reasons(source)
     assert reasons["corrupt.jpg"].startswith("unreadable image (truncated or corrupt JPEG")
     assert reasons["zero.jpg"].startswith("empty file")
@@ -273,3 +282,29 @@ def test_split_file_with_a_wrong_header_names_file_and_columns(hyper_tree):
     message = re.escape(f"{path} line 1: header 'image,label,fold', expected '{HEADER}'")
     with pytest.raises(DatasetLayoutError, match=message):
         load_dataset("hyper_kvasir", data_dir=str(tmp_path), split_file=path)
+
+
+def test_empty_class_folder_is_dropped_with_a_warning(tmp_path, caplog):
+    for name, n in {"a": 5, "b": 5, "empty": 0}.items():
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            (tmp_path / name / f"{i}.jpg").write_bytes(_jpeg())
+    with caplog.at_level("WARNING"):
+        source = folder.load(tmp_path)
+    assert source.class_names == ("a", "b") and source.num_classes == 2
+    assert "dropped 1 class folder(s) without images (not a class): empty" in caplog.text
+
+
+def test_a_class_missing_from_a_split_stops_before_training(tmp_path):
+    # 2 images: the 70/10/20 split gives the class a train and a test image, but no val image.
+    for name, n in {"many": 10, "rare": 2}.items():
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            (tmp_path / name / f"{i}.jpg").write_bytes(_jpeg())
+    source = folder.load(tmp_path)
+    assert source.empty_classes() and all(name == "rare" for _, name, _ in source.empty_classes())
+    with pytest.raises(DatasetLayoutError) as error:
+        load_dataset("folder", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "class 'rare' has no image in the" in message and "(2 image(s) in all splits)" in message
+    assert "'many'" not in message and "remove their folders" in message

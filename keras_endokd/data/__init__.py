@@ -30,6 +30,7 @@ def load_dataset(
     image_size: int = 128,
     val_fraction: float = 0.1,
     on_bad_image: str = "skip",
+    check_splits: bool = True,
 ) -> DatasetSource:
     """Loads a dataset by name; real datasets need `data_dir`, the synthetic one nothing.
 
@@ -40,7 +41,9 @@ def load_dataset(
     `on_bad_image`: "skip" leaves files that do not decode (and empty image files, files a split
     file lists that are missing) out of the splits and lists them in `skipped`; "error" raises
     BadImageError listing them. Layout errors (no class folders, a malformed split file) raise
-    DatasetLayoutError either way.
+    DatasetLayoutError either way, as does a class without an image in some split (after the
+    bad files are left out): every class must be trained, validated and tested
+    (`check_splits=False` skips this check, for `data describe`).
     """
     validate_on_bad_image(on_bad_image)
     if name not in DATASET_NAMES:
@@ -69,7 +72,8 @@ def load_dataset(
         source = folder.load(data_dir, val_fraction=val_fraction, seed=seed)
     from keras_endokd.data import checks  # imports TensorFlow: only for real data
 
-    return checks.check_images(source, on_bad_image)
+    source = checks.check_images(source, on_bad_image)
+    return source.check_every_class_in_every_split() if check_splits else source
 
 
 __all__ = [

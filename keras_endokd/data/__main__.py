@@ -39,8 +39,9 @@ def main(argv):
 
     try:
         if argv[1] == "describe":
+            # Describe what is there, also when a class lacks a split (listed, and a warning).
             source = load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.split_file, FLAGS.fold, FLAGS.seed,
-                                  FLAGS.image_size)
+                                  FLAGS.image_size, check_splits=False)
             print(json.dumps(source.describe(), indent=2))
             return 0
         if not FLAGS.out:

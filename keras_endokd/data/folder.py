@@ -2,10 +2,15 @@
 
 Class names are the sorted sub-folder names (label = index). Splits are stratified and seeded
 (`keras_endokd.data.splits`); by default a 70/10/20 ratio split, or k-fold with `split="kfold"`.
+
+A sub-folder without images is not a class: it is dropped, with a warning naming it (and listed
+in `skipped`), because a class without images would give the model an output no example ever
+trains. Every class left must then have an image in every split (`load_dataset` checks it).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import List, Sequence
 
 import numpy as np
@@ -15,6 +20,7 @@ from keras_endokd.data.files import Skipped, existing_folder, scan_class_folders
 from keras_endokd.data.source import DatasetLayoutError, DatasetSource, Split
 
 NAME = "folder"
+_log = logging.getLogger(__name__)
 
 
 def source_from_class_lists(
@@ -59,13 +65,19 @@ def load(
     layout = f"expected {root}/<class>/<image>, one sub-folder per class"
     if not class_names:
         raise DatasetLayoutError(f"{root}: no class folders; {layout}.")
+    if not any(per_class):
+        raise DatasetLayoutError(f"{root}: the class folders hold no images; {layout}.")
+    empty = [name for name, images in zip(class_names, per_class) if not images]
+    if empty:
+        _log.warning("%s: dropped %d class folder(s) without images (not a class): %s",
+                     root, len(empty), ", ".join(empty))
+        kept = [(name, images) for name, images in zip(class_names, per_class) if images]
+        class_names, per_class = [k[0] for k in kept], [k[1] for k in kept]
     if len(class_names) < 2:
         raise DatasetLayoutError(
             f"{root}: only 1 class folder ({class_names[0]!r}); a classifier needs 2 or more; "
             f"{layout}."
         )
-    if not any(per_class):
-        raise DatasetLayoutError(f"{root}: the class folders hold no images; {layout}.")
     return source_from_class_lists(
         NAME, root, class_names, per_class, skipped,
         split=split, fractions=fractions, fold=fold, num_folds=num_folds,

@@ -138,6 +138,29 @@ class DatasetSource:
             i: (float(total) / (present * c) if c else 0.0) for i, c in enumerate(counts)
         }
 
+    def empty_classes(self) -> list:
+        """(split, class name, images of that class in all splits) for each class a split lacks."""
+        totals = sum(np.bincount(s.labels, minlength=self.num_classes) for s in self.splits.values())
+        return [(split_name, self.class_names[c], int(totals[c]))
+                for split_name, split in self.splits.items()
+                for c in np.flatnonzero(np.bincount(split.labels, minlength=self.num_classes) == 0)]
+
+    def check_every_class_in_every_split(self) -> "DatasetSource":
+        """Raises DatasetLayoutError naming each (split, class) without an image; returns self.
+
+        A class missing from train cannot be learnt, and one missing from val or test is never
+        evaluated: both stop the run before any training.
+        """
+        empty = self.empty_classes()
+        if empty:
+            lines = "\n".join(f"  class {name!r} has no image in the {split} split "
+                               f"({total} image(s) in all splits)" for split, name, total in empty)
+            raise DatasetLayoutError(
+                f"{self.root or self.name}: every class needs at least one image in each of the "
+                f"train, val and test splits:\n{lines}\nAdd images to these classes, or remove their "
+                "folders (or their rows of the split file).")
+        return self
+
     def describe(self) -> dict:
         """JSON-ready summary: class names, image counts per split and class, skipped files.
 
@@ -157,6 +180,8 @@ class DatasetSource:
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "splits": counts,
+            "classes_missing_from_a_split": [{"split": split, "class": name}
+                                             for split, name, _ in self.empty_classes()],
             "skipped_count": len(self.skipped),
             "bad_image_count": sum(is_bad_image(r) for _, r in self.skipped),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
