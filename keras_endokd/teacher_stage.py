@@ -8,6 +8,7 @@ data and `teacher_settings`, so that runs differing only in the student's losses
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from typing import Optional, Tuple
 
@@ -30,7 +31,9 @@ def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: di
                   backup_dir: Optional[str] = None) -> Tuple[keras.Model, dict]:
     """Trains one registry teacher with cross-entropy; returns it and its test scores.
 
-    With `backup_dir`, every epoch is checkpointed there and training continues from it.
+    With `backup_dir`, every epoch is checkpointed there and training continues from it; a
+    loss that becomes NaN or infinite removes it (`run_folder.NonFiniteLossError` propagates).
+    The scores say whether the teacher is near chance (`chance_check`).
     """
     if cfg.resolved_teacher_seed() != cfg.seed:
         cfg = dataclasses.replace(cfg, seed=cfg.resolved_teacher_seed())
@@ -43,11 +46,29 @@ def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: di
                     metrics=["accuracy"], jit_compile=jit_compile(cfg))
     start = time.time()
     callbacks = run_folder.checkpoint_callbacks(backup_dir) if backup_dir else []
-    trainer.fit(datasets["train"], validation_data=datasets["val"], epochs=cfg.teacher_epochs,
-                callbacks=callbacks, shuffle=False, verbose=verbosity(cfg))  # the tf.data pipeline shuffles
+    try:
+        trainer.fit(datasets["train"], validation_data=datasets["val"], epochs=cfg.teacher_epochs,
+                    callbacks=callbacks, shuffle=False, verbose=verbosity(cfg))  # the tf.data pipeline shuffles
+    except run_folder.NonFiniteLossError:
+        if backup_dir:  # a diverged teacher leaves nothing a later run with its key would continue
+            shutil.rmtree(backup_dir, ignore_errors=True)
+        raise
     predict_locally(model, tf.distribute.get_strategy())
     accuracy = float(np.mean(predict_labels(model, datasets["test"]) == source.splits["test"].labels))
-    return model, {"test_accuracy": accuracy, "params": int(model.count_params()), "train_seconds": time.time() - start}
+    return model, {"test_accuracy": accuracy, "params": int(model.count_params()), "train_seconds": time.time() - start,
+                   **chance_check(accuracy, source)}
+
+
+# A teacher within this many points of always answering the most frequent class has learnt
+# (nearly) nothing: flagged, and never stored for reuse.
+NEAR_CHANCE_MARGIN = 0.05
+
+
+def chance_check(accuracy: float, source: DatasetSource) -> dict:
+    """{"chance_accuracy": the majority class's share of the test split, "near_chance": bool}."""
+    counts = np.bincount(source.splits["test"].labels, minlength=source.num_classes)
+    chance = float(counts.max() / max(1, counts.sum()))
+    return {"chance_accuracy": chance, "near_chance": bool(accuracy <= chance + NEAR_CHANCE_MARGIN)}
 
 
 def teacher_settings(cfg: RunConfig) -> dict:
@@ -69,8 +90,9 @@ def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tu
         if name.endswith(".keras"):
             model = build_teacher(name, source.num_classes, cfg.image_size)
             labels = predict_labels(model, datasets["test"])
+            accuracy = float(np.mean(labels == source.splits["test"].labels))
             info = {"name": name, "path": name, "params": int(model.count_params()),
-                    "test_accuracy": float(np.mean(labels == source.splits["test"].labels))}
+                    "test_accuracy": accuracy, **chance_check(accuracy, source)}
             reused = True
         else:
             model, info, reused = store.load_or_train(
@@ -78,8 +100,13 @@ def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tu
                 lambda backup, n=name: train_teacher(n, cfg, source, datasets, backup),
             )
         how = ("shipped with the package" if info.get("shipped") else "reused " + info["path"]) if reused \
-            else "trained in %.0fs" % info["train_seconds"]
+            else "trained in %.0fs" % info["train_seconds"] + ("" if info.get("stored", True) else ", not stored")
         log(f"teacher {name}: {info['params']:,} params, test accuracy {info['test_accuracy']:.3f} ({how})")
+        if info.get("near_chance"):
+            log(f"WARNING: teacher {name} is at or near chance (test accuracy {info['test_accuracy']:.3f}, "
+                f"always answering the most frequent class scores {info['chance_accuracy']:.3f}): it was "
+                "not stored for reuse, and distilling from it teaches the student nothing useful. Check "
+                "--teacher_learning_rate and --teacher_epochs, or drop it from --teachers.")
         predict_locally(model, tf.distribute.get_strategy())
         teachers.append(model)
         infos.append(info)

@@ -70,7 +70,8 @@ class TeacherStore:
 
         `backup_dir` is where `train` keeps its per-epoch checkpoint: a teacher whose training
         was killed continues from there in the next run with the same key, and the checkpoint
-        is removed once the teacher is stored. Returns (model, info, reused).
+        is removed once the teacher is stored. A teacher whose `info` says `near_chance` is returned but not stored. Returns (model,
+        info, reused).
         """
         from keras_endokd import atomic_files
 
@@ -89,8 +90,11 @@ class TeacherStore:
                 return model, {**info, "path": found, "shipped": folder == self.shipped_dir}, True
         backup_dir = path[: -len(".keras")] + ".backup"
         model, info = train(backup_dir)
-        info = {**info, "name": name, "key": key, "settings": settings, "path": path}
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        if info.get("near_chance"):  # learnt nothing: never reused
+            return model, {**info, "name": name, "key": key, "settings": settings, "path": None,
+                           "stored": False}, False
+        info = {**info, "name": name, "key": key, "settings": settings, "path": path, "stored": True}
         atomic_files.save_model(model, path)
         atomic_files.write_json(info_path, info)
-        shutil.rmtree(backup_dir, ignore_errors=True)
         return model, info, False
