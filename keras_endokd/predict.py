@@ -5,7 +5,10 @@
 
 Prints one JSON line per image: {"image": path, "top3": [{"class": name, "probability": p}, ...]}
 (an image that cannot be read gives {"image": path, "error": why}, the others go on, and the
-exit code is 1). Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
+exit code is 1). A line also carries "warnings" when the input is degenerate (a tiny frame,
+upscaled many times; a constant one, which holds nothing to classify), and "caution" on every
+line when the model was trained on the embedded synthetic images (its model card, run files or
+metadata say so): such a model is a demonstration and says nothing about real frames. Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
 through THE training preprocessing (`keras_endokd.data.tf_datasets`): decode, optional black-border
 crop, antialiased resize to the model's input size. Both model kinds see the same pixels.
 
@@ -146,8 +149,54 @@ class Predictor:
         return self._run(np.asarray(image, np.float32)[None])
 
 
-def load_image(path, image_size, crop_border):
-    """THE preprocessing of a file: uint8 [S, S, 3]; ValueError naming the file if unreadable."""
+# Below these, an input is degenerate: a side under MIN_SIDE pixels (or upscaled more than
+# MAX_UPSCALE times to the model's input), or pixel values spread less than CONSTANT_STD (0-255).
+MIN_SIDE, MAX_UPSCALE, CONSTANT_STD = 32, 8, 2.0
+SYNTHETIC_CAUTION = ("this model was trained on keras-endokd's synthetic images, not on real "
+                     "endoscopy: a demonstration, not for any clinical use")
+
+
+def input_warnings(decoded, image_size: int) -> list:
+    """Why a decoded uint8 image [H, W, 3] is a poor input to a `image_size` model (may be [])."""
+    import numpy as np
+
+    height, width = int(decoded.shape[0]), int(decoded.shape[1])
+    found = []
+    if min(height, width) < MIN_SIDE or image_size / min(height, width) > MAX_UPSCALE:
+        found.append(f"tiny image ({width}x{height} pixels), upscaled to {image_size}x{image_size}: "
+                     "the model sees almost no detail")
+    spread = np.asarray(decoded, np.float32).reshape(-1, decoded.shape[-1]).std(axis=0)  # per channel
+    if float(spread.max()) < CONSTANT_STD:
+        found.append("constant image (every pixel about the same colour): there is nothing to classify")
+    return found
+
+
+def trained_on_synthetic(model_path, model_bytes=None) -> bool:
+    """Whether the model card, the run's config or the .tflite metadata says synthetic training data."""
+    card = _beside(model_path, "model_card.json")
+    if os.path.isfile(card):
+        with open(card) as f:
+            dataset = json.load(f).get("dataset") or {}
+        if isinstance(dataset, dict) and "synthetic" in dataset:
+            return bool(dataset["synthetic"])
+    config = _run_config(model_path)
+    if "dataset" in config:
+        return config["dataset"] == "synthetic"
+    if model_bytes:
+        from keras_endokd.deploy.metadata import read_metadata
+
+        try:
+            return "SYNTHETIC" in (read_metadata(model_bytes).get("description") or "")
+        except ValueError:  # no metadata
+            return False
+    return False
+
+
+def load_image(path, image_size, crop_border, details: bool = False):
+    """THE preprocessing of a file: uint8 [S, S, 3]; ValueError naming the file if unreadable.
+
+    With `details`, returns (pixels, `input_warnings` of the decoded file).
+    """
     import tensorflow as tf
 
     from keras_endokd.data.tf_datasets import decode_image, preprocess_image
@@ -160,7 +209,9 @@ def load_image(path, image_size, crop_border):
     if not data:
         raise ValueError("empty file (0 bytes)")
     try:
-        return preprocess_image(decode_image(tf.constant(data)), image_size, crop_border).numpy()
+        decoded = decode_image(tf.constant(data))
+        pixels = preprocess_image(decoded, image_size, crop_border).numpy()
+        return (pixels, input_warnings(decoded.numpy(), image_size)) if details else pixels
     except tf.errors.OpError as err:
         # TensorFlow's message, without the "{{function_node ...}}" prefix and "[Op:...]" suffix.
         why = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", err.message.splitlines()[0]).strip()
@@ -188,10 +239,13 @@ def main(argv=None) -> int:
     if FLAGS.crop_border is not None and trained_crop is not None and crop != trained_crop:
         print(f"warning: --crop_border={crop} but the model was trained with "
               f"crop_border={trained_crop}", file=sys.stderr)
+    caution = SYNTHETIC_CAUTION if trained_on_synthetic(FLAGS.model, predictor.model_bytes) else None
+    if caution:
+        print(f"caution: {caution}", file=sys.stderr)
     failures = 0
     for path in images:
         try:
-            image = load_image(path, predictor.image_size, crop)
+            image, warnings = load_image(path, predictor.image_size, crop, details=True)
         except ValueError as err:
             failures += 1
             print(f"error: {path}: {err}", file=sys.stderr)
@@ -200,7 +254,12 @@ def main(argv=None) -> int:
         p = predictor.probabilities(image)
         order = sorted(range(len(p)), key=lambda i: -float(p[i]))[:FLAGS.top_k]
         top = [{"class": names[i], "probability": round(float(p[i]), 6)} for i in order]
-        print(json.dumps({"image": path, f"top{FLAGS.top_k}": top}), flush=True)
+        line = {"image": path, f"top{FLAGS.top_k}": top}
+        if warnings:
+            line["warnings"] = warnings
+        if caution:
+            line["caution"] = caution
+        print(json.dumps(line), flush=True)
     return 1 if failures else 0
 
 
