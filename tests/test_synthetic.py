@@ -1,7 +1,10 @@
 """The embedded synthetic dataset: determinism, API contracts and that each class shows its cue."""
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -89,6 +92,49 @@ def test_load_gives_balanced_in_memory_splits():
 
 def test_default_split_sizes():
     assert synthetic.DEFAULT_SPLIT_SIZES == {"train": 160, "val": 40, "test": 100}
+
+
+def _no_rendering(*args, **kwargs):
+    raise AssertionError("describe rendered images")
+
+
+def test_describe_counts_without_rendering(monkeypatch):
+    real = load(image_size=8).describe()  # the default split sizes, rendered at a tiny size
+    monkeypatch.setattr(synthetic.rendering, "_render", _no_rendering)
+    with pytest.raises(AssertionError, match="rendered"):  # the patch does stop rendering
+        load(image_size=8, split_sizes={"val": 1})
+    summary = synthetic.describe(image_size=256, seed=3)
+    assert summary == real
+    assert {k: v["total"] for k, v in summary["splits"].items()} == {"train": 1280, "val": 320, "test": 800}
+    small = {"train": 2, "val": 0}
+    assert synthetic.describe(split_sizes=small)["splits"]["train"]["per_class"]["polyps"] == 2
+    with pytest.raises(ValueError, match="image_size"):
+        synthetic.describe(image_size=4)
+    with pytest.raises(ValueError, match="split_sizes"):
+        synthetic.describe(split_sizes={"training": 2})
+
+
+_DESCRIBE_WITHOUT_RENDERING = """
+import runpy, sys
+from keras_endokd.data.synthetic import rendering
+def no_rendering(*args, **kwargs):
+    raise AssertionError("describe rendered images")
+rendering._render = no_rendering
+sys.argv = ["keras_endokd.data", "describe", "--dataset=synthetic"]
+runpy.run_module("keras_endokd.data", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_describe_command_renders_nothing_and_counts_what_load_gives():
+    result = subprocess.run([sys.executable, "-c", _DESCRIBE_WITHOUT_RENDERING], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout)
+    source = load(image_size=8)
+    assert {name: s["total"] for name, s in printed["splits"].items()} == {
+        name: len(split) for name, split in source.splits.items()
+    }
+    assert printed == source.describe()
 
 
 def test_write_folder_writes_the_kvasir_layout(tmp_path):

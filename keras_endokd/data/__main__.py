@@ -39,10 +39,14 @@ def main(argv):
 
     try:
         if argv[1] == "describe":
-            # Describe what is there, also when a class lacks a split (listed, and a warning).
-            source = load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.split_file, FLAGS.fold, FLAGS.seed,
-                                  FLAGS.image_size, check_splits=False)
-            print(json.dumps(source.describe(), indent=2))
+            if FLAGS.dataset == "synthetic":  # counts from the generator's split sizes, no pixels
+                from keras_endokd.data import synthetic
+
+                summary = synthetic.describe(FLAGS.image_size, FLAGS.seed)
+            else:  # describe what is there, also when a class lacks a split (listed, and a warning)
+                summary = load_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.split_file, FLAGS.fold,
+                                       FLAGS.seed, FLAGS.image_size, check_splits=False).describe()
+            print(json.dumps(summary, indent=2))
             return 0
         if not FLAGS.out:
             raise ValueError("synth needs --out=DIR, the folder to write the dataset into.")
