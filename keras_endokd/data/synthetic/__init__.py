@@ -18,8 +18,9 @@ The modules, bottom up:
 - `rendering`: `generate`, labels to frames;
 - here: the dataset API, `load`, `describe`, `write_folder`, `sample_grid`.
 
-Changing any of them changes the default data, and with it the key of the teachers shipped in
-keras_endokd/models/pretrained (`python -m experiments.build_teachers` rebuilds them).
+A change to what any of them draws, or in which order, changes the default data, and with it
+the key of the teachers shipped in keras_endokd/models/pretrained
+(`python -m experiments.build_teachers` rebuilds them).
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ Each painter takes a `scene.Scene` of m images of its class and returns their ra
 - ulcerative-colitis: mottled, granular, inflamed mucosa without vessels, with bleeding spots and
   whitish ulcers (fibrin).
 
-Esophagitis and the normal z-line share one painter (`_zline`), as do their confusable mild cases;
-the dyed pair overlaps through a flat, small bleb (see `difficulty`). A painter draws its
-uniforms from `scene.st` in a fixed order: reordering or adding a draw changes every image of its
-class.
+Esophagitis and the normal z-line share one painter (`_zline`), which adds the erosions and the
+inflamed band for esophagitis only; their mild cases overlap, as do a flat, small lifted bleb and a
+small smooth-edged resection site (see `difficulty`). A painter draws its uniforms from `sc.st`
+in a fixed order: reordering or adding a draw changes every image of its class.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def _ulcerative_colitis(sc: Scene) -> np.ndarray:
     return img
 
 
-PAINTERS: Dict[int, Callable[[Scene], np.ndarray]] = {
+PAINTERS: Dict[int, Callable[[Scene], np.ndarray]] = {  # label (index into CLASS_NAMES): painter
     0: _dyed_lifted_polyp,
     1: _dyed_resection_margin,
     2: lambda sc: _zline(sc, esophagitis=True),

@@ -3,12 +3,12 @@
 `camera_params` draws, per image, everything outside the scene from the shared N_COMMON uniforms
 (`streams`); `camera` applies it to a painted scene in the order it happens in a real system:
 
-1. lighting: the light source sits beside the lens, so the frame is vignetted and brighter towards
-   the light, with a dark distant lumen in some lower-GI views, and specular glints (white);
+1. lighting: vignetting about a per-image centre, a gradient brighter towards the light, a dark
+   distant lumen in some lower-GI views, and white specular glints;
 2. colour: white balance and saturation about the grey axis, one 3x3 matrix per image, which also
    scales to 0..255;
-3. defocus (`gaussian_blur`, sigma in image widths) and sensor noise (`sensor_grain`, std as a
-   fraction of full scale);
+3. defocus (`gaussian_blur`; `Difficulty.blur_sigma_range` is in image widths) and sensor noise
+   (`sensor_grain`; `Difficulty.noise_std` is a fraction of full scale);
 4. the field stop, an octagon or circle per endoscope model (`FIELD_STOPS`), blacking out the
    corners;
 5. video overlays: white on-screen text in the top-left corner and, on lower-GI classes only as in
