@@ -199,21 +199,15 @@ def _read_json(path: str):
 
 
 def prepare(cfg):
-    """(config to run, None) or (cfg, metrics.json of the finished run to reuse).
+    """(config to run, None) or (cfg, metrics.json of the finished run to reuse), after
+    `run_folder.state`: a finished run is reused, an interrupted one resumed from its last epoch
+    checkpoint, another run in the folder replaced."""
+    from keras_endokd import run_folder
 
-    Same settings and metrics.json: finished, reused. Same settings without it: interrupted,
-    resumed from its last epoch checkpoint. Other settings: the old run is overwritten.
-    """
-    from keras_endokd.run_folder import changed_settings, existing_outputs
-
-    metrics_path = os.path.join(cfg.output_dir, "metrics.json")
-    same = changed_settings(cfg.output_dir, dataclasses.asdict(cfg),
-                            defaults=dataclasses.asdict(type(cfg)())) == []
-    if same and os.path.isfile(metrics_path):
-        return cfg, _read_json(metrics_path)
-    if same:
-        return dataclasses.replace(cfg, resume=True), None
-    return dataclasses.replace(cfg, overwrite=bool(existing_outputs(cfg.output_dir))), None
+    found = run_folder.state(cfg.output_dir, dataclasses.asdict(cfg), defaults=dataclasses.asdict(type(cfg)()))
+    if found == "finished":
+        return cfg, _read_json(os.path.join(cfg.output_dir, "metrics.json"))
+    return dataclasses.replace(cfg, resume=found == "interrupted", overwrite=found == "other"), None
 
 
 def execute(study: Study) -> list:

@@ -69,6 +69,18 @@ def claim(run_dir: str, config: dict, overwrite: bool = False, resume: bool = Fa
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
+def state(run_dir: str, config: dict, defaults: Optional[dict] = None) -> str:
+    """What `run_dir` holds for a run with `config`, for callers that run many configs:
+
+    "finished" (same settings, metrics.json written: reuse it), "interrupted" (same settings, no
+    metrics.json: continue it with resume=True), "other" (another run or stray outputs: replace
+    it with overwrite=True) or "empty".
+    """
+    if changed_settings(run_dir, config, defaults) == []:
+        return "finished" if os.path.isfile(os.path.join(run_dir, "metrics.json")) else "interrupted"
+    return "other" if existing_outputs(run_dir) else "empty"
+
+
 def _listing(names, shown: int = 4) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
