@@ -5,20 +5,13 @@ These live here:
   teachers a real study uses. `weights=None` builds them offline; `weights="imagenet"` downloads
   ImageNet weights when a user asks for them.
 - `mobile_x2`, `mobile_x3`: the student's own depthwise-separable design, two and three times as
-  wide (0.2M and 0.45M parameters). Measured on the synthetic data, they learn as fast as the
-  student per epoch, where plain residual CNNs of the same size lag far behind (a 0.49M-parameter
-  `small_resnet` reached 74% test accuracy in 20 epochs; `mobile_x2.5` 87% in 15). They are the
-  embedded default's teachers: two of them train on 2 CPU cores in about three minutes.
+  wide (0.2M and 0.45M parameters). On the synthetic data they learn as fast per epoch as the
+  student, where plain residual CNNs of the same size lag far behind; they are the embedded
+  default's teachers and train on 2 CPU cores in minutes (docs/results.md has the figures).
 - `mobile_hr`: the student itself (same 52k parameters) with a stride-1 stem, so it sees the frame
   at full resolution (taps at strides 2, 4, 8; four times the activations, 2.5x the student's
-  training time). On `experiments.pair_probe`'s binary tasks (160 training frames per class, 30
-  epochs, 128 px) it beat the student by far where `mobile_x3` did not: esophagitis vs
-  normal-z-line 80.5% (student 67.0%, `mobile_x3`'s width 70.5%), the dyed pair 94.0% (student
-  85.5%). On the 8-class embedded data (24 epochs) that lead shrank: 91.5% overall, as
-  `mobile_x3` with an eighth of its parameters (77.5% on the esophagitis pair, `mobile_x3` 75%,
-  the student alone 72%). All of that on the generator before c52702f; with its twice stronger
-  nuisance, 86.9% against `mobile_x3`'s 89.5% (8-class probe). A teacher of another kind than
-  the default two, for fusion.
+  training time): a teacher of another kind than the default two, for fusion. It helps most on
+  pairs of classes that differ in fine texture (`experiments.pair_probe` measures them).
 - small residual/plain CNNs (`small_resnet`, `small_plaincnn`, `small_deepresnet`, and
   `tiny_resnet` for tests): heterogeneous architectures for fusion experiments.
 
