@@ -68,8 +68,8 @@ def step_times(kd, teacher_names, image_size, batch_size, rounds) -> dict:
 
     def distiller(with_teachers: bool):
         keras.utils.set_random_seed(0)
-        model = Distiller(build_student(8, image_size), teachers if with_teachers else [],
-                          build_losses(kd) if with_teachers else [])
+        model = Distiller(student=build_student(8, image_size), teachers=teachers if with_teachers else [],
+                          distillation_losses=build_losses(kd) if with_teachers else [])
         model.compile(keras.optimizers.Adam(1e-3), jit_compile=False)
         return model
 

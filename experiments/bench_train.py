@@ -159,8 +159,8 @@ def _arm(cfg, split, num_classes, teachers, train, cached: bool, warmup_split=No
     from keras_endokd.run_config import optimizer
 
     keras.utils.set_random_seed(cfg.seed)
-    distiller = Distiller(build_student(num_classes, cfg.image_size), teachers,
-                          build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads))
+    distiller = Distiller(student=build_student(num_classes, cfg.image_size), teachers=teachers,
+                          distillation_losses=build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads))
     distiller.compile(optimizer=optimizer(cfg.learning_rate, cfg.epochs, len(train)),
                       metrics=["accuracy"])
     build_seconds = 0.0

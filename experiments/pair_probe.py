@@ -98,7 +98,7 @@ def probe(width: float, train, test, epochs: int, learning_rate: float, image_si
     keras.utils.set_random_seed(seed)
     data = make_dataset(train, image_size, 32, training=True, seed=seed)
     model = separable_cnn(2, image_size, width=width, name=f"probe_x{width:g}", stem_stride=stem_stride)
-    trainer = Distiller(model)
+    trainer = Distiller(student=model)  # cross-entropy alone
     trainer.compile(optimizer=optimizer(learning_rate, epochs, len(data)), metrics=["accuracy"])
     start = time.time()
     trainer.fit(data, epochs=epochs, verbose=0, shuffle=False)

@@ -6,7 +6,7 @@
     train = kd.make_dataset(source.splits["train"], 128, training=True)
     teachers = [kd.build_teacher("small_resnet", source.num_classes), ...]   # trained teachers
     distiller = kd.Distiller(student=kd.build_student(source.num_classes), teachers=teachers,
-                             losses=kd.build_losses("response,relation"))
+                             distillation_losses=kd.build_losses("response,relation"))
     distiller.compile(optimizer="adam", metrics=["accuracy"])
     distiller.fit(train, epochs=10)
     distiller.student.save("student.keras")

@@ -41,7 +41,7 @@ def train_teacher(name: str, cfg: RunConfig, source: DatasetSource, datasets: di
     log(f"teacher {name}: training for {cfg.teacher_epochs} epochs (none stored for these data and settings)")
     keras.utils.set_random_seed(cfg.seed)
     model = build_teacher(name, source.num_classes, cfg.image_size, weights=cfg.teacher_weights)
-    trainer = Distiller(model)  # cross-entropy alone; the one training path tf.distribute needs
+    trainer = Distiller(student=model)  # cross-entropy alone; the one training path tf.distribute needs
     trainer.compile(optimizer=optimizer(cfg.teacher_learning_rate, cfg.teacher_epochs, len(datasets["train"])),
                     metrics=["accuracy"], jit_compile=jit_compile(cfg))
     start = time.time()

@@ -36,7 +36,8 @@ def distiller(strategy, weights=None):
         keras.utils.set_random_seed(0)
         teachers = [build_teacher("tiny_resnet", CLASSES, SIZE), build_teacher("tiny_resnet", CLASSES, SIZE)]
         losses = build_losses("response,feature,relation", heads=2, loss_weights={"loss_relation_rkd": 0.0})
-        model = Distiller(build_student(CLASSES, SIZE, dropout=0.0), teachers, losses)  # no random masks
+        model = Distiller(student=build_student(CLASSES, SIZE, dropout=0.0), teachers=teachers,
+                          distillation_losses=losses)  # no random masks
         model.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
         model.optimizer.build(model.trainable_variables)
     if weights is not None:

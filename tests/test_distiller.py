@@ -23,7 +23,7 @@ def _data(n=48, seed=0):
 
 def _distiller(kd="response,feature,relation"):
     teachers = [build_teacher("tiny_resnet", CLASSES, SIZE), build_teacher("small_plaincnn", CLASSES, SIZE)]
-    d = Distiller(build_student(CLASSES, SIZE), teachers, build_losses(kd, heads=2))
+    d = Distiller(student=build_student(CLASSES, SIZE), teachers=teachers, distillation_losses=build_losses(kd, heads=2))
     d.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"])
     return d
 
@@ -57,10 +57,14 @@ def test_fit_traces_the_train_step_once(monkeypatch):
 def test_each_term_is_a_metric_and_validation_reports_the_student_alone():
     x, y = _data()
     history = _distiller().fit(x, y, batch_size=16, epochs=1, validation_data=(x, y), verbose=0).history
-    for term in ("loss_ce", "loss_response", "loss_feature", "loss_attention", "loss_relation",
-                 "loss_relation_rkd", "loss_fusion_ce", "val_loss_ce", "val_accuracy"):
+    for term in ("student_loss", "distillation_loss", "total_loss", "loss_response", "loss_feature",
+                 "loss_attention", "loss_relation", "loss_relation_rkd", "loss_fusion_ce",
+                 "val_student_loss", "val_total_loss", "val_accuracy"):
         assert term in history, term
-    assert not [k for k in history if k.startswith("val_loss_") and k != "val_loss_ce"]
+    assert not [k for k in history if k.startswith("val_loss_") or k == "val_distillation_loss"]
+    # evaluation scores the student alone: its total is its loss on the labels
+    assert history["val_total_loss"] == pytest.approx(history["val_student_loss"])
+    assert history["val_loss"] == pytest.approx(history["val_student_loss"])
 
 
 def test_attention_fusion_weights_change_when_trained():
@@ -106,9 +110,11 @@ def test_distiller_saves_and_reloads(tmp_path):
 
 def test_incompatible_teacher_is_rejected():
     with pytest.raises(ValueError, match="same images"):
-        Distiller(build_student(CLASSES, SIZE), [build_teacher("tiny_resnet", CLASSES, 64)], build_losses("response"))
+        Distiller(student=build_student(CLASSES, SIZE), teacher=build_teacher("tiny_resnet", CLASSES, 64),
+                  distillation_losses=build_losses("response"))
     with pytest.raises(ValueError, match="classes"):
-        Distiller(build_student(CLASSES, SIZE), [build_teacher("tiny_resnet", 5, SIZE)], build_losses("response"))
+        Distiller(student=build_student(CLASSES, SIZE), teacher=build_teacher("tiny_resnet", 5, SIZE),
+                  distillation_losses=build_losses("response"))
 
 
 def test_sample_and_class_weights_reach_every_term():

@@ -40,7 +40,7 @@ def test_response_kd_agrees_with_keras_logits_distillation_given_a_kl_instance()
     rng = np.random.default_rng(1)
     t, s = rng.normal(size=(16, 8)).astype("float32"), rng.normal(size=(16, 8)).astype("float32")
     for temperature in (1.0, 4.0):
-        ours = ResponseDistillation(temperature).compute_loss([{"logits": t}], {"logits": s})["loss_response"]
+        ours = ResponseDistillation(temperature).compute_terms([{"logits": t}], {"logits": s})["loss_response"]
         keras_kd = keras.distillation.LogitsDistillation(temperature=temperature, loss=keras.losses.KLDivergence())
         assert _np(ours) == pytest.approx(_np(keras_kd.compute_loss(t, s)), rel=1e-4)
 
@@ -50,8 +50,8 @@ def test_response_kd_averages_and_weights_teachers():
     s, t1, t2 = (rng.normal(size=(4, 3)).astype("float32") for _ in range(3))
     a, b = _np(soft_kl(t1, s, 2.0)), _np(soft_kl(t2, s, 2.0))
     teachers = [{"logits": t1}, {"logits": t2}]
-    assert _np(ResponseDistillation(2.0).compute_loss(teachers, {"logits": s})["loss_response"]) == pytest.approx((a + b) / 2, rel=1e-5)
-    weighted = ResponseDistillation(2.0, mixing_weights=[3.0, 1.0]).compute_loss(teachers, {"logits": s})
+    assert _np(ResponseDistillation(2.0).compute_terms(teachers, {"logits": s})["loss_response"]) == pytest.approx((a + b) / 2, rel=1e-5)
+    weighted = ResponseDistillation(2.0, mixing_weights=[3.0, 1.0]).compute_terms(teachers, {"logits": s})
     assert _np(weighted["loss_response"]) == pytest.approx(0.75 * a + 0.25 * b, rel=1e-5)
 
 
@@ -61,7 +61,7 @@ def test_fitnets_with_identity_adapter_and_pooled_teacher():
     loss.adapters[0].set_weights([np.eye(2, dtype="float32")[None, None], np.zeros(2, "float32")])
     student = {"feat_2": np.ones((1, 2, 2, 2), "float32")}
     teacher = [{"feat_2": np.full((1, 4, 4, 2), 3.0, "float32")}]  # average-pooled 4x4 -> 2x2
-    assert _np(loss.compute_loss(teacher, student)["loss_feature"]) == pytest.approx(4.0)
+    assert _np(loss.compute_terms(teacher, student)["loss_feature"]) == pytest.approx(4.0)
 
 
 def test_attention_transfer_known_value():
@@ -70,12 +70,12 @@ def test_attention_transfer_known_value():
     teacher = np.ones((1, 2, 2, 3), "float32")  # attention [1/2, 1/2, 1/2, 1/2]
     assert _np(attention_transfer_loss(student, teacher)) == pytest.approx(0.25, rel=1e-5)
     assert _np(attention_transfer_loss(teacher, teacher * 5)) == pytest.approx(0.0, abs=1e-7)
-    terms = AttentionTransfer(taps=("feat_1",)).compute_loss([{"feat_1": teacher}], {"feat_1": student})
+    terms = AttentionTransfer(student_layer_names=("feat_1",)).compute_terms([{"feat_1": teacher}], {"feat_1": student})
     assert _np(terms["loss_attention"]) == pytest.approx(0.25, rel=1e-5)
     # beta / 2 * SUM over taps (Zagoruyko & Komodakis' code, mdistiller), not the mean: a second
     # tap where student and teacher agree leaves the sum unchanged (the mean would halve it).
-    two = AttentionTransfer(taps=("feat_1", "feat_2"))
-    terms = two.compute_loss([{"feat_1": teacher, "feat_2": teacher}], {"feat_1": student, "feat_2": teacher * 2})
+    two = AttentionTransfer(student_layer_names=("feat_1", "feat_2"))
+    terms = two.compute_terms([{"feat_1": teacher, "feat_2": teacher}], {"feat_1": student, "feat_2": teacher * 2})
     assert _np(terms["loss_attention"]) == pytest.approx(0.25, rel=1e-5)
     assert two.loss_weights["loss_attention"] == 500.0  # beta / 2, beta = 1000
 
@@ -183,8 +183,8 @@ def test_sample_weights_reduce_each_term_as_keras_reduces_the_cross_entropy():
     rng = np.random.default_rng(3)
     t, s = rng.normal(size=(2, 5)).astype("float32"), rng.normal(size=(2, 5)).astype("float32")
     loss = ResponseDistillation(2.0)
-    first = loss.compute_loss([{"logits": t[:1]}], {"logits": s[:1]})["loss_response"]
-    weighted = loss.compute_loss([{"logits": t}], {"logits": s}, sample_weight=np.array([2.0, 0.0], "float32"))
+    first = loss.compute_terms([{"logits": t[:1]}], {"logits": s[:1]})["loss_response"]
+    weighted = loss.compute_terms([{"logits": t}], {"logits": s}, sample_weight=np.array([2.0, 0.0], "float32"))
     assert _np(weighted["loss_response"]) == pytest.approx(_np(first), rel=1e-5)
     # RKD: a sample of weight 0 takes every pair and triple it is in out of the mean
     e_s, e_t = rng.normal(size=(4, 6)).astype("float32"), rng.normal(size=(4, 6)).astype("float32")

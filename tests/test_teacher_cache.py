@@ -18,8 +18,8 @@ pytestmark = pytest.mark.xdist_group("test_teacher_cache")  # its module fixture
 def setup():
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 3, 40), images=rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8))
-    distiller = Distiller(build_student(3, 32), [build_teacher("tiny_resnet", 3, 32)],
-                          build_losses("response,relation", heads=2))
+    distiller = Distiller(student=build_student(3, 32), teacher=build_teacher("tiny_resnet", 3, 32),
+                          distillation_losses=build_losses("response,relation", heads=2))
     distiller.compile("adam")
     return split, distiller
 

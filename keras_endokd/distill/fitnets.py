@@ -16,20 +16,30 @@ from __future__ import annotations
 import keras
 
 from keras_endokd.distill.base import DistillationTerm, resize_like, teacher_mean, weighted_mean
-from keras_endokd.models.taps import FEATURE_TAPS
+from keras_endokd.models.taps import LOGITS
 
 
 @keras.saving.register_keras_serializable(package="keras_endokd")
 class FitNetsDistillation(DistillationTerm):
-    """Hint loss between `student_tap` and each teacher's `teacher_tap` (default: both `feat_2`)."""
+    """Hint loss between a student layer and the same layer of each teacher; term `loss_feature`.
 
-    def __init__(self, student_tap: str = "feat_2", teacher_tap: str = "feat_2", **kwargs):
+    Arguments:
+      student_layer_name: the student's feature map [B, h, w, C_s] (default `feat_2`).
+      teacher_layer_name: each teacher's feature map [B, H, W, C_t] (default `feat_2`).
+
+    Example:
+
+    ```python
+    hint = FitNetsDistillation(student_layer_name="block2_out", teacher_layer_name="conv3_block4_out")
+    ```
+    """
+
+    def __init__(self, student_layer_name: str = "feat_2", teacher_layer_name: str = "feat_2", **kwargs):
         super().__init__(**kwargs)
-        for tap in (student_tap, teacher_tap):
-            if tap not in FEATURE_TAPS:
-                raise ValueError(f"FitNets taps must be among {FEATURE_TAPS}, got {tap!r}.")
-        self.student_tap, self.teacher_tap = student_tap, teacher_tap
-        self.student_taps, self.teacher_taps = (student_tap,), (teacher_tap,)
+        for name in (student_layer_name, teacher_layer_name):
+            if not isinstance(name, str) or not name or name == LOGITS:
+                raise ValueError(f"FitNets reads a feature map: give a layer name, got {name!r}.")
+        self.student_taps, self.teacher_taps = (student_layer_name,), (teacher_layer_name,)
         self.adapters = []
 
     @classmethod
@@ -38,20 +48,24 @@ class FitNetsDistillation(DistillationTerm):
 
     def build_for(self, student_shapes, teacher_shapes, num_classes):
         for i, shapes in enumerate(teacher_shapes):
-            adapter = keras.layers.Conv2D(shapes[self.teacher_tap][-1], 1, name=f"hint_adapter_{i}")
-            adapter.build(student_shapes[self.student_tap])
+            adapter = keras.layers.Conv2D(shapes[self.teacher_layer_name][-1], 1, name=f"hint_adapter_{i}")
+            adapter.build(student_shapes[self.student_layer_name])
             self.adapters.append(adapter)
         self.built = True
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
-        s = student_outputs[self.student_tap]
+    def compute_terms(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
+        s = student_outputs[self.student_layer_name]
         height, width = s.shape[1], s.shape[2]
+        if len(self.adapters) != len(teacher_outputs):
+            raise ValueError(f"FitNetsDistillation was built with {len(self.adapters)} teacher adapter(s) "
+                             f"and is given {len(teacher_outputs)} teacher(s).")
         per_teacher = []
         for adapter, t in zip(self.adapters, teacher_outputs):
-            target = resize_like(t[self.teacher_tap], height, width)
+            target = resize_like(t[self.teacher_layer_name], height, width)
             per_sample = keras.ops.mean(keras.ops.square(adapter(s) - target), axis=(1, 2, 3))
             per_teacher.append(weighted_mean(per_sample, sample_weight))
         return {"loss_feature": teacher_mean(per_teacher)}
 
     def get_config(self):
-        return {**super().get_config(), "student_tap": self.student_tap, "teacher_tap": self.teacher_tap}
+        return {**super().get_config(), "student_layer_name": self.student_layer_name,
+                "teacher_layer_name": self.teacher_layer_name}

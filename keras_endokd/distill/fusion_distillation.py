@@ -3,7 +3,7 @@
 Gammulle et al. 2023, "Learning Through Guidance: Knowledge Distillation for Endoscopic Image
 Classification": instead of averaging teachers, a multi-head attention layer fuses their feature
 maps into one target that guides the student. With F = fusion(teachers | student) [B, h, w, D],
-A(S) the student's `tap` map through a trainable 1x1 adapter to width D, w [B, K] the fusion's
+A(S) the student's feature map through a trainable 1x1 adapter to width D, w [B, K] the fusion's
 per-sample weight of each teacher (`TeacherFusion.mixing_weights`) and z_k, z_s the logits:
 
     loss_relation     = mean over positions || n(c(A(S))) - n(c(sg(F))) ||^2
@@ -44,12 +44,14 @@ pull the target towards itself.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import keras
 
 from keras_endokd.distill.base import DistillationTerm, resize_like, weighted_mean
 from keras_endokd.distill.response import soft_kl_per_sample
 from keras_endokd.distill.rkd import pooled, rkd_loss
-from keras_endokd.models.taps import FEATURE_TAPS, LOGITS
+from keras_endokd.models.taps import LOGITS
 
 FUSION_MODES = ("attention", "mean", "confidence")
 
@@ -164,31 +166,49 @@ def _centred(x):
 
 @keras.saving.register_keras_serializable(package="keras_endokd")
 class FusionDistillation(DistillationTerm):
-    """The student matches a fusion of its teachers' `tap` features and their weighted logits.
+    """The student matches a fusion of its teachers' feature maps and their weighted logits.
 
-    Args:
+    Reads one feature map and the final output (logits) of the student and of every teacher, and
+    labels: it runs in `keras_endokd.Distiller` (`keras.distillation.Distiller` hands a loss one
+    tensor per model and no labels, and is refused with a message).
+
+    Arguments:
       fusion: `attention` (multi-head attention), `mean` (AVER) or `confidence` (CA-MKD).
-      tap: the tap read from student and teachers (default `feat_3`, the last feature map).
+      student_layer_name: the student's feature map (default `feat_3`, the last one).
+      teacher_layer_name: every teacher's feature map (default: the student's name), e.g.
+        `conv4_block6_out` of `keras.applications.ResNet50`.
       width: common width D of the projected teacher features and the student adapter.
       num_heads: attention heads (`attention` fusion only).
       temperature: softening temperature T of `loss_relation_kd`.
       centre: subtract the batch's mean feature before matching (see the module docstring).
+
+    Example:
+
+    ```python
+    fusion = FusionDistillation("attention", student_layer_name="feat_3",
+                                teacher_layer_name="conv4_block6_out")
+    keras_endokd.Distiller(teachers=[t1, t2], student=s, distillation_losses=[fusion])
+    ```
     """
 
-    def __init__(self, fusion: str = "attention", tap: str = "feat_3", width: int = 64, num_heads: int = 4,
+    def __init__(self, fusion: str = "attention", student_layer_name: str = "feat_3",
+                 teacher_layer_name: Optional[str] = None, width: int = 64, num_heads: int = 4,
                  temperature: float = 4.0, centre: bool = True, **kwargs):
         super().__init__(**kwargs)
-        if tap not in FEATURE_TAPS:
-            raise ValueError(f"Fusion tap must be one of {FEATURE_TAPS}, got {tap!r}.")
+        teacher_layer_name = student_layer_name if teacher_layer_name is None else teacher_layer_name
+        for name in (student_layer_name, teacher_layer_name):
+            if not isinstance(name, str) or not name or name == LOGITS:
+                raise ValueError(f"FusionDistillation fuses feature maps: give a layer name, got {name!r}.")
         if fusion not in FUSION_MODES:
             raise ValueError(f"Unknown fusion {fusion!r}; expected one of {FUSION_MODES}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.fusion, self.tap, self.width, self.num_heads = fusion, tap, int(width), int(num_heads)
+        self.fusion, self.width, self.num_heads = fusion, int(width), int(num_heads)
+        self.student_feature, self.teacher_feature = student_layer_name, teacher_layer_name
         self.temperature, self.centre = float(temperature), bool(centre)
         self.teacher_fusion = TeacherFusion(fusion, width, num_heads, name="teacher_fusion")
-        self.student_taps = (tap, LOGITS)
-        self.teacher_taps = (tap, LOGITS)
+        self.student_taps = (student_layer_name, LOGITS)
+        self.teacher_taps = (teacher_layer_name, LOGITS)
         self.adapter = keras.layers.Conv2D(self.width, 1, name="student_adapter")
         self.head = None
 
@@ -199,9 +219,9 @@ class FusionDistillation(DistillationTerm):
         return {"loss_relation": 1.0, "loss_relation_rkd": 0.04, "loss_relation_kd": 1.0, "loss_fusion_ce": 1.0}
 
     def build_for(self, student_shapes, teacher_shapes, num_classes):
-        student_shape = student_shapes[self.tap]
+        student_shape = student_shapes[self.student_feature]
         self.adapter.build(student_shape)
-        self.teacher_fusion.build_for(student_shape, [s[self.tap] for s in teacher_shapes])
+        self.teacher_fusion.build_for(student_shape, [s[self.teacher_feature] for s in teacher_shapes])
         self.head = keras.layers.Dense(num_classes, name="fusion_head")
         self.head.build((None, self.width))
         self.built = True
@@ -214,13 +234,13 @@ class FusionDistillation(DistillationTerm):
         """The fused teacher target [B, h, w, width] for this batch."""
         logits = [t[LOGITS] for t in teacher_outputs]
         return self.teacher_fusion(
-            [t[self.tap] for t in teacher_outputs], student_outputs[self.tap], logits, labels
+            [t[self.teacher_feature] for t in teacher_outputs], student_outputs[self.student_feature], logits, labels
         )
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
+    def compute_terms(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
         fused = self.fuse(teacher_outputs, student_outputs, labels)
         target = keras.ops.stop_gradient(fused)
-        adapted = self.adapter(student_outputs[self.tap])
+        adapted = self.adapter(student_outputs[self.student_feature])
         centre = _centred if self.centre else (lambda x: x)
         teacher_logits = [t[LOGITS] for t in teacher_outputs]
         weights = keras.ops.stop_gradient(self.teacher_fusion.mixing_weights(teacher_logits, labels))  # [B, K]
@@ -254,7 +274,8 @@ class FusionDistillation(DistillationTerm):
         return {
             **super().get_config(),
             "fusion": self.fusion,
-            "tap": self.tap,
+            "student_layer_name": self.student_feature,
+            "teacher_layer_name": self.teacher_feature,
             "width": self.width,
             "num_heads": self.num_heads,
             "temperature": self.temperature,

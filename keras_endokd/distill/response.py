@@ -34,11 +34,19 @@ def soft_kl(teacher_logits, student_logits, temperature: float):
 
 @keras.saving.register_keras_serializable(package="keras_endokd")
 class ResponseDistillation(DistillationTerm):
-    """Hinton KD against every teacher's logits.
+    """Hinton KD against every teacher's logits (their final outputs); term `loss_response`.
 
-    Args:
+    Arguments:
       temperature: softening temperature T (> 0).
       mixing_weights: optional per-teacher weights (normalized); equal by default.
+
+    Example:
+
+    ```python
+    kd = ResponseDistillation(temperature=4.0)
+    kd.compute_loss(teacher_logits, student_logits)       # the scalar, as Keras' contract says
+    keras.distillation.Distiller(teacher=t, student=s, distillation_losses=[kd])  # works there too
+    ```
     """
 
     student_taps = (LOGITS,)
@@ -57,7 +65,7 @@ class ResponseDistillation(DistillationTerm):
     def default_loss_weights(cls):
         return {"loss_response": 1.0}
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
+    def compute_terms(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
         per_teacher = [
             weighted_mean(soft_kl_per_sample(t[LOGITS], student_outputs[LOGITS], self.temperature), sample_weight)
             for t in teacher_outputs

@@ -10,16 +10,19 @@ sample of the batch):
     L = lambda_D * L_D + lambda_A * L_A,   lambda_D = 25, lambda_A = 50 (the paper's and mdistiller's)
 
 Relations, not coordinates, are matched, so the student's embedding width need not equal the
-teacher's. `RelationalDistillation` applies it to the pooled last feature map against each
-teacher; `relation.FusionDistillation` applies it against the fused teacher target.
+teacher's. `RelationalDistillation` applies it to a pooled feature map (the last one by default;
+a vector layer is used as it is) against each teacher; `fusion_distillation.FusionDistillation`
+applies it against the fused teacher target.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import keras
 
 from keras_endokd.distill.base import DistillationTerm, teacher_mean
-from keras_endokd.models.taps import FEATURE_TAPS
 
 
 def _huber(a, b, delta: float = 1.0, weights=None):
@@ -79,28 +82,48 @@ def rkd_loss(student_embeddings, teacher_embeddings, distance_weight: float = DI
 
 
 def pooled(features):
+    """[B, H, W, C] -> [B, C], the global average."""
     return keras.ops.mean(features, axis=(1, 2))
+
+
+def embedding(x):
+    """One row per sample: a feature map [B, H, W, C] pooled, anything else flattened."""
+    return pooled(x) if len(x.shape) == 4 else keras.ops.reshape(x, (-1, math.prod(x.shape[1:])))
 
 
 @keras.saving.register_keras_serializable(package="keras_endokd")
 class RelationalDistillation(DistillationTerm):
-    """RKD on globally pooled `tap` features, against each teacher (averaged)."""
+    """RKD on globally pooled features, against each teacher (averaged); term `loss_rkd`.
 
-    def __init__(self, tap: str = "feat_3", **kwargs):
+    Arguments:
+      student_layer_name: the student's feature map (default `feat_3`), or `logits`.
+      teacher_layer_name: each teacher's (default: the student's name).
+
+    Example:
+
+    ```python
+    rkd = RelationalDistillation(student_layer_name="block3_out", teacher_layer_name="avg_pool")
+    ```
+    """
+
+    def __init__(self, student_layer_name: str = "feat_3", teacher_layer_name: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
-        if tap not in FEATURE_TAPS:
-            raise ValueError(f"RKD tap must be one of {FEATURE_TAPS}, got {tap!r}.")
-        self.tap = tap
-        self.student_taps = self.teacher_taps = (tap,)
+        teacher_layer_name = student_layer_name if teacher_layer_name is None else teacher_layer_name
+        for name in (student_layer_name, teacher_layer_name):
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"RKD reads one layer of each model: give its name, got {name!r}.")
+        self.student_taps, self.teacher_taps = (student_layer_name,), (teacher_layer_name,)
 
     @classmethod
     def default_loss_weights(cls):
         return {"loss_rkd": 1.0}
 
-    def compute_loss(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
-        s = pooled(student_outputs[self.tap])
-        per_teacher = [rkd_loss(s, pooled(t[self.tap]), sample_weight=sample_weight) for t in teacher_outputs]
+    def compute_terms(self, teacher_outputs, student_outputs, labels=None, training=True, sample_weight=None):
+        s = embedding(student_outputs[self.student_taps[0]])
+        per_teacher = [rkd_loss(s, embedding(t[self.teacher_taps[0]]), sample_weight=sample_weight)
+                       for t in teacher_outputs]
         return {"loss_rkd": teacher_mean(per_teacher)}
 
     def get_config(self):
-        return {**super().get_config(), "tap": self.tap}
+        return {**super().get_config(), "student_layer_name": self.student_taps[0],
+                "teacher_layer_name": self.teacher_taps[0]}
