@@ -54,7 +54,13 @@ class RunConfig:
     learning_rate: float = 3e-3
     teacher_learning_rate: float = 2e-3
     temperature: float = 4.0
-    ce_weight: float = 1.0
+    # w of the convex total w * CE + (1 - w) * distillation (the Distiller's); 0.5 weighs the
+    # cross-entropy and the sum of the terms equally.
+    student_loss_weight: float = 0.5
+    # The layers of the teachers / the student that stand for feat_1..3 (distill.registry.layer_map);
+    # None: our models' own names.
+    teacher_taps: Optional[Tuple[str, ...]] = None
+    student_taps: Optional[Tuple[str, ...]] = None
     loss_weights: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     # None: `seed`. A study varies `seed` (initialisation, shuffling, augmentation) over one fixed
@@ -96,6 +102,11 @@ def load_config(run_dir: str) -> RunConfig:
     with open(os.path.join(run_dir, "config.json")) as f:
         raw = json.load(f)
     raw["teachers"] = tuple(raw.get("teachers", DEFAULT_TEACHERS))
+    for key in ("teacher_taps", "student_taps"):
+        raw[key] = None if raw.get(key) is None else tuple(raw[key])
+    if "ce_weight" in raw:  # a run from before student_loss_weight: a * CE + terms, proportional to
+        a = raw.pop("ce_weight")  # w * CE + (1 - w) * terms with w = a / (1 + a)
+        raw.setdefault("student_loss_weight", a / (1.0 + a))
     return RunConfig(**raw)
 
 

@@ -46,9 +46,9 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
     keras.utils.set_random_seed(cfg.seed)
     student = build_student(source.num_classes, cfg.image_size)
     losses = build_losses(cfg.kd, cfg.temperature, cfg.fusion, cfg.heads, cfg.loss_weights,
-                          centre=cfg.relation_centre)
+                          centre=cfg.relation_centre, student_taps=cfg.student_taps, teacher_taps=cfg.teacher_taps)
     distiller = Distiller(student=student, teachers=teachers, distillation_losses=losses,
-                          student_loss_weight=cfg.ce_weight / (1.0 + cfg.ce_weight))
+                          student_loss_weight=cfg.student_loss_weight)
     distiller.compile(optimizer=optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])),
                       metrics=["accuracy"], jit_compile=jit_compile(cfg))
     train_ds, stream, cache = training_inputs(cfg, source, datasets, distiller)

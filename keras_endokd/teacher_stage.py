@@ -71,6 +71,19 @@ def chance_check(accuracy: float, source: DatasetSource) -> dict:
     return {"chance_accuracy": chance, "near_chance": bool(accuracy <= chance + NEAR_CHANCE_MARGIN)}
 
 
+def load_saved_teacher(path: str, num_classes: int, image_size: int) -> keras.Model:
+    """A user's `.keras` teacher, its layers named anything: the Distiller checks the layers the
+    losses read (--teacher_taps); here, that it sees the run's images and predicts its classes."""
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    got_classes, got_size = model.outputs[0].shape[-1], tuple(model.inputs[0].shape[1:3])
+    if got_classes != num_classes or got_size != (image_size, image_size):
+        raise ValueError(
+            f"Teacher '{path}' takes {got_size} images and predicts {got_classes} classes; this run "
+            f"needs ({image_size}, {image_size}) (--image_size) and {num_classes} (the dataset's classes)."
+        )
+    return model
+
+
 def teacher_settings(cfg: RunConfig) -> dict:
     """The settings a registry teacher's training depends on (its store key, with the data)."""
     settings = {k: getattr(cfg, k) for k in ("image_size", "crop_border", "teacher_epochs",
@@ -88,7 +101,7 @@ def obtain_teachers(cfg: RunConfig, source: DatasetSource, datasets: dict) -> Tu
     teachers, infos = [], []
     for name in cfg.teachers:
         if name.endswith(".keras"):
-            model = build_teacher(name, source.num_classes, cfg.image_size)
+            model = load_saved_teacher(name, source.num_classes, cfg.image_size)
             labels = predict_labels(model, datasets["test"])
             accuracy = float(np.mean(labels == source.splits["test"].labels))
             info = {"name": name, "path": name, "params": int(model.count_params()),

@@ -56,6 +56,14 @@ BAD_TRAIN_FLAGS = [
     (["--ce_weight=-1"], "--ce_weight=-1.0 is impossible: a loss weight must be a number >= 0"),
     (["--relation_rkd_weight=inf"], "--relation_rkd_weight=inf is impossible"),
     (["--kd=none", "--ce_weight=0"], "--ce_weight=0 with --kd=none leaves the student no loss"),
+    (["--student_loss_weight=1.5"], "--student_loss_weight=1.5 is impossible: it is w in w * CE + (1 - w) * "
+                                    "distillation, a number from 0 to 1"),
+    (["--student_loss_weight=0.3", "--ce_weight=1"], "--student_loss_weight=0.3 and --ce_weight=1.0 both set"),
+    (["--teacher_taps=a,b,c,d"], "--teacher_taps=a,b,c,d: expected one to three layer names, shallow to deep"),
+    (["--kd=relation", "--teacher_taps=conv4_block6_out"], "but mobile_x3, mobile_x2 come from the registry"),
+    (["--kd=fitnets", "--student_taps=block3"], "--student_taps=block3 names feat_3 only, but --kd=fitnets also "
+                                                "reads feat_2: give 2 layer names"),
+    (["--kd=attention_transfer", "--student_taps=b2,b3"], "also reads feat_1: give 3 layer names"),
     (["--seed=-1"], "--seed=-1 is impossible: expected an integer from 0 to 4294967295"),
     (["--output_dir="], "--output_dir is empty"),
     (["--overwrite", "--resume"], "--overwrite and --resume contradict each other"),
@@ -223,6 +231,11 @@ def test_a_flag_without_effect_warns_and_the_flags_still_parse(tmp_path, capsys)
                                     "--fold=1 has no effect: --dataset=synthetic"]),
     (["--noexport", "--per_tensor", "--min_agreement=0.5", "--sparsity=0.2"],
      ["--per_tensor, --min_agreement=0.5 have no effect: --noexport"]),
+    (["--kd=none", "--student_loss_weight=0.3"], ["--student_loss_weight=0.3 has no effect: with --kd=none"]),
+    (["--kd=response", "--student_loss_weight=1"], ["--student_loss_weight=1.0 gives every distillation term"]),
+    (["--kd=response", "--teacher_taps=x", "--student_taps=y"],
+     ["--teacher_taps has no effect: --kd=response reads no feature layer",
+      "--student_taps has no effect: --kd=response reads no feature layer"]),
 ])
 def test_flags_without_effect_get_one_warning_line(flags, expected):
     warnings = _warnings(*flags)
@@ -300,3 +313,55 @@ def test_the_checks_copies_follow_the_library(tmp_path):
     hyper_kvasir.load(str(tmp_path), fold=last)
     with pytest.raises(ValueError, match="fold must be an integer"):
         hyper_kvasir.load(str(tmp_path), fold=last + 1)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], 0.5),  # CE + sum of the terms, halved: the same training with Adam
+    (["--student_loss_weight=0.2"], 0.2),
+    (["--ce_weight=3"], 0.75),  # 3 CE + terms = 4 (0.75 CE + 0.25 terms)
+    (["--ce_weight=0"], 0.0),
+])
+def test_the_legacy_ce_weight_maps_onto_the_convex_weight(tmp_path, flags, expected):
+    from keras_endokd import train
+
+    _parse(train, *flags, f"--output_dir={tmp_path / 'run'}")
+    assert train.config_from_flags().student_loss_weight == pytest.approx(expected)
+
+
+def _saved_teacher(path, layers):
+    """A .keras file as far as the flag checks read it: its config.json (a zip member)."""
+    import zipfile
+
+    config = {"class_name": "Functional", "config": {"layers": [{"name": n, "config": {"name": n}} for n in layers]}}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+    return str(path)
+
+
+def test_a_saved_teachers_layer_names_are_checked_before_tensorflow(tmp_path):
+    from keras_endokd import train
+    from keras_endokd.cli import UsageError
+
+    teacher = _saved_teacher(tmp_path / "resnet.keras", ["input_layer", "conv3_block4_out", "conv4_block6_out",
+                                                          "avg_pool", "predictions"])
+    base = [f"--teachers={teacher}", f"--output_dir={tmp_path / 'run'}"]
+    _parse(train, *base, "--kd=relation", "--teacher_taps=conv4_block6_ou")
+    with pytest.raises(UsageError, match="has no layer 'conv4_block6_ou'; its closest layer names are "
+                                         "conv4_block6_out"):
+        train.check_flags()
+    _parse(train, *base, "--kd=relation,fitnets", "--teacher_taps=conv3_block4_out,conv4_block6_out")
+    cfg = train.config_from_flags()
+    assert cfg.teacher_taps == ("conv3_block4_out", "conv4_block6_out") and cfg.student_taps is None
+
+
+def test_the_tap_checks_copies_follow_the_library():
+    from keras_endokd import distill_flags
+    from keras_endokd.distill import registry
+    from keras_endokd.models import taps
+
+    assert distill_flags.METHOD_TAPS == registry.METHOD_TAPS
+    assert set(registry.METHOD_TAPS) == set(registry.KD_METHODS)
+    assert distill_flags.FEATURE_TAPS == taps.FEATURE_TAPS
+    for given in (["c"], ["b", "c"], ["a", "b", "c"]):
+        mapped = distill_flags.mapped_taps(given, "teacher_taps")
+        assert {k: v for k, v in registry.layer_map(given).items() if k in mapped} == mapped
