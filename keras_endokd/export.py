@@ -2,7 +2,7 @@
 
 Reads the run folder that `python -m keras_endokd.train` wrote (config.json, student.keras),
 reuses its stored teachers for distillation while pruning, and writes the files listed in
-`keras_endokd.deploy.export` into the same folder.
+`keras_endokd.deploy.deployment` into the same folder.
 
     python -m keras_endokd.export --run_dir=runs/latest
     python -m keras_endokd.export --run_dir=runs/latest --sparsity=0.8 --qat
@@ -111,7 +111,7 @@ def export(argv) -> dict:
     import keras
 
     from keras_endokd.data import load_dataset
-    from keras_endokd.deploy.export import export_student
+    from keras_endokd.deploy.deployment import export_student
     from keras_endokd.run_config import load_config, log, make_datasets
     from keras_endokd.teacher_stage import obtain_teachers
 
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     for line in flag_warnings(run_dir):
         print(f"warning: {line}", file=sys.stderr)
     from keras_endokd.data.source import DatasetLayoutError
-    from keras_endokd.deploy.export import ExportCheckError
+    from keras_endokd.deploy.export_checks import ExportCheckError
 
     try:
         export(argv)

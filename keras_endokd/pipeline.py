@@ -84,7 +84,7 @@ def run(cfg: RunConfig) -> dict:
         f"{metrics['student']['macro_f1']:.3f}, MCC {metrics['student']['mcc']:.3f}")
 
     if cfg.export:
-        from keras_endokd.deploy.export import export_student
+        from keras_endokd.deploy.deployment import export_student
 
         export_student(run_dir, student, source, teachers, image_size=cfg.image_size,
                        sparsity=cfg.sparsity, per_tensor=cfg.per_tensor,

@@ -79,8 +79,8 @@ class RunConfig:
     sparsity: float = 0.5
     per_tensor: bool = False  # integer models with one weight scale per tensor (export)
     # Flash budget of the int8 model: per-channel scales only where they fit (export; 0: none).
-    int8_max_bytes: int = 64000  # deploy.export.MODEL_TARGET_BYTES
-    min_agreement: float = 0.99  # deploy.export.DEFAULT_MIN_AGREEMENT
+    int8_max_bytes: int = 64000  # deploy.deployment.MODEL_TARGET_BYTES
+    min_agreement: float = 0.99  # deploy.export_checks.DEFAULT_MIN_AGREEMENT
     verbose: Optional[int] = None
     deterministic: bool = True
     strategy: str = "default"  # keras_endokd.distribute.STRATEGIES

@@ -79,7 +79,7 @@ def student(source):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, student, source):
-    from keras_endokd.deploy.export import export_student
+    from keras_endokd.deploy.deployment import export_student
 
     run_dir = str(tmp_path_factory.mktemp("run"))
     keras.utils.set_random_seed(0)
@@ -225,7 +225,7 @@ def two_conversions(student, source):
 
 
 def test_per_tensor_int8_model_is_smaller_and_agrees(two_conversions, source):
-    from keras_endokd.deploy.export import _agreement
+    from keras_endokd.deploy.export_checks import agreement
 
     model, per_channel, per_tensor = two_conversions
     test = source.splits["test"].images.astype(np.float32)
@@ -233,7 +233,7 @@ def test_per_tensor_int8_model_is_smaller_and_agrees(two_conversions, source):
     # ~1,970 per-channel scales (float32) and zero points (int64) are gone
     assert len(per_channel) - len(per_tensor) > 12 * 1000
     reference = np.argmax(model.predict(test, verbose=0), -1)
-    assert _agreement(TFLiteModel(per_tensor).predict(test), reference) >= 0.95
+    assert agreement(TFLiteModel(per_tensor).predict(test), reference) >= 0.95
 
 
 def test_splicing_per_channel_layers_into_the_per_tensor_model(two_conversions, source):
@@ -441,7 +441,7 @@ def test_evaluate_cli_on_an_image_folder(exported, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_failed_check_raises_and_writes_no_model(tmp_path, student, source):
-    from keras_endokd.deploy.export import ExportCheckError, export_student
+    from keras_endokd.deploy.deployment import ExportCheckError, export_student
 
     with pytest.raises(ExportCheckError, match="agrees with its Keras model"):
         export_student(str(tmp_path), student, source, image_size=SIZE, sparsity=0.0,
@@ -453,7 +453,7 @@ def test_failed_check_raises_and_writes_no_model(tmp_path, student, source):
 
 @pytest.mark.slow
 def test_quantization_aware_training_keeps_sparsity(tmp_path, student, source):
-    from keras_endokd.deploy.export import export_student
+    from keras_endokd.deploy.deployment import export_student
 
     report = export_student(str(tmp_path), student, source, image_size=SIZE, sparsity=0.5,
                             qat=True, fine_tune_epochs=1, batch_size=32, min_agreement=0.9)

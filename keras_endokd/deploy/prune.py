@@ -1,29 +1,36 @@
 """Magnitude pruning of the student, fine-tuned with distillation still on.
 
-Zhu & Gupta 2017, "To prune, or not to prune": the smallest-magnitude weights of each pruned
-kernel are zeroed on a polynomial schedule
+Method: Zhu & Gupta 2017, "To prune, or not to prune: exploring the efficacy of pruning for model
+compression" (arXiv:1710.01878), as tensorflow-model-optimization's `prune_low_magnitude` does
+it. The smallest-magnitude weights of each pruned kernel are zeroed on the polynomial schedule
 
     s(t) = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_end - t_0))^3,   s_i = 0, s_f = `sparsity`,
 
-while training goes on, so the network adapts as it loses weights. The schedule runs over the
-first ~2/3 of the fine-tuning steps; the rest recovers at the final sparsity. The fine-tuning
-loss keeps the teachers in: CE(label) + T^2 KL(softmax(z_t/T) || softmax(z_s/T)) (Hinton 2015,
-`distill.response.soft_kl`), with z_t the teachers' mean logits, computed once over the
-fine-tuning images (not augmented, so the cached targets match the images). No teachers: CE only.
+while fine-tuning goes on, so the network adapts as it loses weights. The schedule runs over the
+first 2/3 of the fine-tuning steps (the masks are updated about ten times); the rest recovers at
+the final sparsity (`fine_tune_steps`).
+
+Loss: CE(label) + T^2 KL(softmax(z_t/T) || softmax(z_s/T)) (Hinton et al. 2015, "Distilling
+the Knowledge in a Neural Network"; `distill.response.soft_kl`), z_t [N, C] the teachers' mean
+logits over the training images, computed once before fine-tuning on the images without
+augmentation, so that each cached target belongs to the image it is paired with. No teachers:
+CE only.
+
+Inputs: splits whose images are in memory, already preprocessed (`deploy.export_images`):
+uint8 [N, S, S, 3] pixels and int labels [N]. The export decodes each split once; everything
+here slices those arrays.
 
 tfmot prunes tf_keras models only, so the student goes through its tf_keras twin
 (`deploy.twin`) and comes back into Keras 3 after `strip_pruning`.
 
-Which layers: the Conv2D, DepthwiseConv2D and Dense kernels, except `stem_conv` (432 weights)
-and `block1_dw` (144 weights) by default. They hold 1.2% of the weights, but every feature of
-the network flows through them at full resolution (a 3x3x3 stem filter with half its taps gone
-no longer sees colour edges); pruning them buys nothing in size and costs accuracy. Measured at
-128x128 on the synthetic data (student test accuracy 0.80 before pruning; 50%, 3 epochs, CE):
-test accuracy 0.840 with this default, 0.788 pruning every kernel, 0.846 leaving all six
-depthwise kernels dense (but then 45.7% instead of 49.4% of the kernel weights are zero).
-BatchNorm is never pruned (it folds into the convolutions), nor are biases; tfmot itself
-would leave DepthwiseConv2D dense (see `_prunable_depthwise_class`). After fine-tuning, the
-BatchNorm statistics are recomputed (`recalibrate_batchnorm`).
+Which layers: the Conv2D, DepthwiseConv2D and Dense kernels, except `stem_conv` (3x3x3x16 =
+432 weights) and `block1_dw` (3x3x16 = 144) by default (`DEFAULT_SKIP`). They hold 1.2% of the
+weights, but every feature of the network flows through them at full resolution (a 3x3x3 stem
+filter with half its taps gone no longer sees colour edges): pruning them saves almost nothing
+and costs accuracy (docs/results.md, "Pruning"). BatchNorm is never pruned (it folds into the
+convolutions), nor are biases; tfmot itself would leave DepthwiseConv2D dense (see
+`_prunable_depthwise_class`). After fine-tuning, the BatchNorm statistics are recomputed
+(`recalibrate_batchnorm`).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from keras_endokd.data.tf_datasets import AUTOTUNE, image_dataset, make_dataset
+from keras_endokd.data.tf_datasets import AUTOTUNE, image_dataset
 from keras_endokd.data.source import Split
 from keras_endokd.deploy.twin import to_keras, to_tf_keras
 from keras_endokd.distill.response import soft_kl
@@ -108,24 +115,34 @@ def _kernel_classes(layer):
     return tuple(getattr(lib.layers, name) for name in _PRUNABLE)
 
 
-def teacher_logits(teachers: Sequence[keras.Model], split: Split, image_size: int,
-                   crop_border: bool = False, batch_size: int = 64) -> Optional[np.ndarray]:
+def _pixels(split: Split) -> np.ndarray:
+    """uint8 [N, S, S, 3]: the split's preprocessed images (in memory, see module docstring)."""
+    if split.images is None:
+        raise ValueError("pruning takes splits with their images in memory, preprocessed "
+                         "(keras_endokd.deploy.export_images.preprocessed), not image files")
+    return split.images
+
+
+def _batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """float32 [B, S, S, 3] batches of uint8 `images`, in order."""
+    return (tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+            .map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE))
+
+
+def teacher_logits(teachers: Sequence[keras.Model], split: Split,
+                   batch_size: int = 64) -> Optional[np.ndarray]:
     """Mean logits of the Keras 3 teachers over `split`'s images, in order: [N, C], or None."""
     if not teachers:
         return None
-    ds = make_dataset(split, image_size, batch_size, training=False, crop_border=crop_border,
-                      cache=False)
-    images = ds.map(lambda x, y: x)
+    images = _batches(_pixels(split), batch_size)
     return np.mean([t.predict(images, verbose=0) for t in teachers], axis=0).astype(np.float32)
 
 
-def accuracy(model: keras.Model, split: Split, image_size: int, crop_border: bool = False,
-             batch_size: int = 64) -> float:
+def accuracy(model: keras.Model, split: Split, batch_size: int = 64) -> float:
+    """Top-1 accuracy of `model` (logits or probabilities out) on `split`; NaN when it is empty."""
     if not len(split):
         return float("nan")
-    ds = make_dataset(split, image_size, batch_size, training=False, crop_border=crop_border,
-                      cache=False)
-    predictions = np.argmax(model.predict(ds.map(lambda x, y: x), verbose=0), axis=-1)
+    predictions = np.argmax(model.predict(_batches(_pixels(split), batch_size), verbose=0), axis=-1)
     return float(np.mean(predictions == split.labels))
 
 
@@ -148,9 +165,9 @@ def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, batch_size: in
     Layer by layer in graph order, over `images` (uint8 or float [N, S, S, 3]) in inference
     mode, so each layer sees the already recalibrated layers before it. Pruning shifts every
     activation's statistics, and a few fine-tuning steps at momentum 0.99 leave the moving
-    averages far from them (measured: validation accuracy 1.00 -> 0.53 on a toy task, with
-    the batch statistics still right). Li et al. 2020, "EagleEye: Fast Sub-net Evaluation for
-    Efficient Neural Network Pruning", recompute the statistics the same way ("adaptive BN").
+    averages far behind them while the batch statistics stay right (docs/results.md,
+    "Pruning"). Li et al. 2020, "EagleEye: Fast Sub-net Evaluation for Efficient Neural Network
+    Pruning", recompute the statistics the same way ("adaptive BN").
     """
     for layer in model.layers:
         if not isinstance(layer, keras.layers.BatchNormalization):
@@ -168,12 +185,10 @@ def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, batch_size: in
         layer.set_weights([gamma, beta, mean.astype(np.float32), variance.astype(np.float32)])
 
 
-def calibration_images(split: Split, image_size: int, crop_border: bool = False,
-                       count: int = 1024, seed: int = 0) -> np.ndarray:
-    """uint8 [n, S, S, 3]: up to `count` seeded-random images of `split`, preprocessed."""
+def calibration_images(split: Split, count: int = 1024, seed: int = 0) -> np.ndarray:
+    """uint8 [n, S, S, 3]: up to `count` seeded-random images of `split`, in the split's order."""
     chosen = np.sort(np.random.default_rng(seed).permutation(len(split))[:count])
-    return np.stack(list(image_dataset(split.subset(chosen), image_size, crop_border)
-                         .as_numpy_iterator()))
+    return _pixels(split)[chosen]
 
 
 def fine_tune_targets(labels, teacher_logits=None) -> np.ndarray:
@@ -184,12 +199,28 @@ def fine_tune_targets(labels, teacher_logits=None) -> np.ndarray:
     return np.concatenate([targets, np.asarray(teacher_logits, np.float32)], axis=1)
 
 
-def fine_tune_dataset(split, targets, image_size, crop_border, batch_size, seed):
-    images = image_dataset(split, image_size, crop_border).cache()
+def fine_tune_batches(images, targets, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Endless shuffled (float32 [B, S, S, 3], targets [B, 1 + C]) batches; every batch full.
+
+    `images`: uint8 [N, S, S, 3] (an array or an unbatched dataset); `targets`:
+    `fine_tune_targets`. Shuffled with `seed`, reshuffled each epoch, not augmented.
+    """
+    if isinstance(images, np.ndarray):
+        images = tf.data.Dataset.from_tensor_slices(images)
+    count = len(targets)
     ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(targets))
-    ds = ds.shuffle(min(len(split), 10_000), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.shuffle(min(count, 10_000), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(batch_size)  # after repeat(): every batch is full
     return ds.map(lambda x, y: (tf.cast(x, tf.float32), y), AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def fine_tune_dataset(split, targets, image_size, crop_border, batch_size, seed):
+    """`fine_tune_batches` of any split: one in memory at `image_size` is sliced as it is; image
+    files are decoded once and cached."""
+    images = image_dataset(split, image_size, crop_border)
+    if split.images is None:
+        images = images.cache()
+    return fine_tune_batches(images, targets, batch_size, seed)
 
 
 def fine_tune_steps(num_images: int, batch_size: int, epochs: int) -> tuple:
@@ -213,27 +244,31 @@ def prune_student(
     train: Split,
     val: Split,
     *,
-    image_size: int,
     sparsity: float = 0.5,
     teacher_logits: Optional[np.ndarray] = None,
     temperature: float = 4.0,
     epochs: int = 3,
     batch_size: int = 64,
     learning_rate: float = 5e-4,
-    crop_border: bool = False,
     skip: Sequence[str] = DEFAULT_SKIP,
     seed: int = 0,
     verbose: int = 0,
 ) -> tuple:
     """Prunes `student` to `sparsity` and fine-tunes it; returns (pruned Keras 3 student, report).
 
-    `teacher_logits` [len(train), C] are the teachers' (mean) logits on `train`'s images, in
-    order (see `teacher_logits`). `sparsity` 0 returns the student unchanged. The report holds
-    the per-layer sparsity counted from the weights, and validation accuracy before and after.
+    `train`, `val`: splits with their preprocessed images in memory, uint8 [N, S, S, 3] with S
+    the student's input size. `teacher_logits` [len(train), C] are the teachers' (mean) logits
+    on `train`'s images, in order (see `teacher_logits`). `sparsity` 0 returns the student
+    unchanged. The report holds the per-layer sparsity counted from the weights, and validation
+    accuracy before and after.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    before = accuracy(student, val, image_size, crop_border, batch_size)
+    for name, split in (("train", train), ("val", val)):
+        if _pixels(split).shape[1:] != tuple(student.input_shape[1:]):
+            raise ValueError(f"the {name} images are {_pixels(split).shape[1:]}, the student "
+                             f"takes {tuple(student.input_shape[1:])}")
+    before = accuracy(student, val, batch_size)
     if sparsity == 0:
         every = [name for name, _ in _kernels(student)]
         return student, {"target_sparsity": 0.0, "skipped": True, "skipped_layers": every,
@@ -263,13 +298,12 @@ def prune_student(
     targets = fine_tune_targets(train.labels, teacher_logits)
     pruned.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                    loss=distillation_loss(temperature, teacher_logits is not None))
-    data = fine_tune_dataset(train, targets, image_size, crop_border, batch_size, seed)
+    data = fine_tune_batches(train.images, targets, batch_size, seed)
     pruned.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     result = to_keras(stripped, student)
-    recalibrate_batchnorm(result, calibration_images(train, image_size, crop_border, seed=seed),
-                          batch_size)
+    recalibrate_batchnorm(result, calibration_images(train, seed=seed), batch_size)
     report = {
         "target_sparsity": float(sparsity),
         "skipped": False,
@@ -284,7 +318,7 @@ def prune_student(
                       "seconds": round(time.time() - start, 1)},
         "batchnorm": "moving statistics recomputed on up to 1024 training images",
         "val_accuracy_before": before,
-        "val_accuracy_after": accuracy(result, val, image_size, crop_border, batch_size),
+        "val_accuracy_after": accuracy(result, val, batch_size),
         "sparsity": kernel_sparsity(result, skip=skip),
     }
     return result, report
