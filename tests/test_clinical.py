@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from keras_endokd.clinical import calibration, curves, gradcam, ood
-from keras_endokd.clinical.probability_metrics import add_probability_metrics, probability_metrics
+from keras_endokd.clinical.probability_metrics import (add_probability_metrics,
+                                                       merge_probability_metrics,
+                                                       probability_metrics)
 
 
 # --- calibration -------------------------------------------------------------------------------
@@ -136,6 +138,10 @@ def test_probability_metrics_keys_and_merge():
     assert scores["per_class"]["a"] == {"precision": 1.0, "roc_auc": pytest.approx(5 / 6),
                                         "pr_auc": pytest.approx(5 / 6)}
     assert scores["ece"] == block["ece"] and scores["accuracy"] == 0.6
+    other = {"per_class": {"a": {"f1": 0.5}}}
+    merge_probability_metrics(other, block)
+    assert other["per_class"]["a"]["f1"] == 0.5 and other["macro_roc_auc"] == block["macro_roc_auc"]
+    assert "per_class" in block  # the block itself is left as it was
 
 
 def test_curves_png_for_23_classes(tmp_path):

@@ -20,11 +20,12 @@ from keras_endokd.clinical.curves import curves_block, plot_roc_pr_curves
 from keras_endokd.clinical.ood import (calibrate_threshold, energy_score, flag,
                                        max_softmax_probability, ood_card, ood_score)
 from keras_endokd.clinical.probability_metrics import (add_probability_metrics,
+                                                       merge_probability_metrics,
                                                        probability_metrics)
 
 __all__ = [
     "add_probability_metrics", "brier_score", "calibrate_threshold", "calibration_block",
     "curves_block", "energy_score", "expected_calibration_error", "fit_temperature", "flag",
-    "fold_temperature", "max_softmax_probability", "ood_card", "ood_score", "plot_roc_pr_curves",
-    "probability_metrics", "reliability_diagram", "softmax",
+    "fold_temperature", "max_softmax_probability", "merge_probability_metrics", "ood_card",
+    "ood_score", "plot_roc_pr_curves", "probability_metrics", "reliability_diagram", "softmax",
 ]
