@@ -12,6 +12,8 @@ softmax (`Dense(activation="softmax")`, `Softmax`, `Activation("softmax")`) outp
 probabilities p; the distiller reads log(clip(p, eps, 1)) as its logits. That is exact for every
 temperature-scaled term: log p = z - logsumexp(z), and a constant added to every logit cancels
 in softmax(z / T), so softmax(log(p) / T) = softmax(z / T) up to the clipping at eps = 1e-7.
+A term that compares final outputs directly (RKD or a mean squared error on them) sees log p,
+which differs from z by a constant per sample.
 """
 
 from __future__ import annotations
