@@ -8,10 +8,10 @@ import pytest
 
 from keras_endokd.distill.attention_transfer import AttentionTransfer, attention_transfer_loss
 from keras_endokd.distill.fitnets import FitNetsDistillation
-from keras_endokd.distill.fusion_distillation import TeacherFusion, confidence_weights
+from keras_endokd.distill.fusion_distillation import FusionDistillation, TeacherFusion, confidence_weights
 from keras_endokd.distill.registry import build_losses, parse_kd
 from keras_endokd.distill.response import ResponseDistillation, soft_kl
-from keras_endokd.distill.rkd import rkd_angle_loss, rkd_distance_loss, rkd_loss
+from keras_endokd.distill.rkd import RelationalDistillation, rkd_angle_loss, rkd_distance_loss, rkd_loss
 
 ops = keras.ops
 
@@ -192,3 +192,121 @@ def test_sample_weights_reduce_each_term_as_keras_reduces_the_cross_entropy():
     ref_d, ref_a = _rkd_reference(e_s.astype(np.float64), e_t.astype(np.float64), weights=w)
     assert _np(rkd_distance_loss(e_s, e_t, w)) == pytest.approx(ref_d, rel=1e-3)
     assert _np(rkd_angle_loss(e_s, e_t, w)) == pytest.approx(ref_a, rel=1e-3)
+
+
+# Reference implementations, their formulas written out in numpy on fixed inputs: mdistiller
+# (megvii-research/mdistiller, mdistiller/distillers/{KD,FitNet,AT,RKD}.py) and CA-MKD
+# (Zhang, Chen & Wang 2022). Layouts are NHWC here where mdistiller's tensors are NCHW.
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _mdistiller_kd(logits_student, logits_teacher, temperature):
+    """kd_loss: F.kl_div(log_softmax(s/T), softmax(t/T), reduction="none").sum(1).mean() * T^2."""
+    log_pred_student = _log_softmax(logits_student / temperature)
+    pred_teacher = np.exp(_log_softmax(logits_teacher / temperature))
+    return (pred_teacher * (np.log(pred_teacher) - log_pred_student)).sum(1).mean() * temperature**2
+
+
+def _mdistiller_at(f_s, f_t, p=2):
+    """single_stage_at_loss: the larger map average-pooled to the smaller one, then
+    (normalize(mean_c f^p) - normalize(mean_c f^p))^2 averaged."""
+    def pool(f, size):
+        k = f.shape[1] // size
+        return f.reshape(f.shape[0], size, k, size, k, f.shape[3]).mean(axis=(2, 4))
+
+    if f_s.shape[1] > f_t.shape[1]:
+        f_s = pool(f_s, f_t.shape[1])
+    elif f_s.shape[1] < f_t.shape[1]:
+        f_t = pool(f_t, f_s.shape[1])
+
+    def at(f):
+        a = (f**p).mean(-1).reshape(len(f), -1)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    return ((at(f_s) - at(f_t)) ** 2).mean()
+
+
+def _mdistiller_rkd(f_s, f_t, distance_weight=25.0, angle_weight=50.0):
+    """rkd_loss: pdist / mean of the positive distances, smooth_l1; angles at each vertex."""
+    def pdist(e):
+        d = np.sqrt(np.clip((e**2).sum(1)[:, None] + (e**2).sum(1)[None] - 2 * e @ e.T, 1e-12, None))
+        np.fill_diagonal(d, 0.0)
+        return d / d[d > 0].mean()
+
+    def angle(e):
+        diff = e[None] - e[:, None]
+        diff = diff / np.maximum(np.linalg.norm(diff, axis=2, keepdims=True), 1e-12)
+        return np.einsum("ijd,ikd->ijk", diff, diff).reshape(-1)
+
+    def smooth_l1(a, b):
+        d = np.abs(a - b)
+        return np.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+
+    return distance_weight * smooth_l1(pdist(f_s), pdist(f_t)) + angle_weight * smooth_l1(angle(f_s), angle(f_t))
+
+
+def test_each_loss_matches_its_reference_implementation_on_fixed_inputs():
+    rng = np.random.default_rng(7)
+    t_logits, s_logits = rng.normal(0, 3, (6, 5)).astype("float32"), rng.normal(0, 3, (6, 5)).astype("float32")
+    for temperature in (1.0, 4.0):
+        assert _np(ResponseDistillation(temperature).compute_loss(t_logits, s_logits)) == pytest.approx(
+            _mdistiller_kd(s_logits.astype(np.float64), t_logits.astype(np.float64), temperature), rel=1e-4)
+    # FitNets: F.mse_loss(conv_reg(f_s), f_t), the regressor a 1x1 convolution (set here)
+    f_s, f_t = rng.normal(size=(4, 4, 4, 3)).astype("float32"), rng.normal(size=(4, 4, 4, 5)).astype("float32")
+    kernel, bias = rng.normal(size=(3, 5)).astype("float32"), rng.normal(size=5).astype("float32")
+    hint = FitNetsDistillation("a", "b")
+    hint.compute_loss(f_t, f_s)  # builds the adapter from the shapes
+    hint.adapters[0].set_weights([kernel[None, None], bias])
+    assert _np(hint.compute_loss(f_t, f_s)) == pytest.approx(((f_s @ kernel + bias - f_t) ** 2).mean(), rel=1e-4)
+    # Attention transfer, over two stages (the teacher's maps larger: both pool them alike)
+    stages = [(rng.normal(size=(4, 4, 4, 3)), rng.normal(size=(4, 8, 8, 6))),
+              (rng.normal(size=(4, 2, 2, 8)), rng.normal(size=(4, 2, 2, 4)))]
+    stages = [(s.astype("float32"), t.astype("float32")) for s, t in stages]
+    at = AttentionTransfer(["s1", "s2"], ["t1", "t2"])
+    terms = at.compute_terms([{"t1": stages[0][1], "t2": stages[1][1]}], {"s1": stages[0][0], "s2": stages[1][0]})
+    assert _np(terms["loss_attention"]) == pytest.approx(sum(_mdistiller_at(s, t) for s, t in stages), rel=1e-4)
+    # RKD on pooled features (mdistiller's pooled_feat)
+    e_s, e_t = rng.normal(size=(6, 4, 4, 8)).astype("float32"), rng.normal(size=(6, 2, 2, 16)).astype("float32")
+    expected = _mdistiller_rkd(e_s.mean(axis=(1, 2)).astype(np.float64), e_t.mean(axis=(1, 2)).astype(np.float64))
+    assert _np(RelationalDistillation("s", "t").compute_loss(e_t, e_s)) == pytest.approx(expected, rel=1e-3)
+    # CA-MKD: weight = (1 - softmax over teachers of each one's CE on the label) / (K - 1)
+    logits = [rng.normal(0, 2, (5, 4)).astype("float32") for _ in range(3)]
+    labels = rng.integers(0, 4, 5)
+    ce = np.stack([-_log_softmax(z.astype(np.float64))[np.arange(5), labels] for z in logits])  # [K, B]
+    reference = (1.0 - np.exp(ce) / np.exp(ce).sum(0)) / 2
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(confidence_weights(logits, labels)), reference.T, rtol=1e-5)
+
+
+def test_fusion_terms_match_their_formulas_with_known_weights():
+    """fusion="mean", one teacher, identity projection and adapter, no centring: each term as
+    the module docstring writes it."""
+    rng = np.random.default_rng(8)
+    b, c, k = 6, 4, 3
+    s_map, t_map = rng.normal(size=(b, 2, 2, c)).astype("float32"), rng.normal(size=(b, 4, 4, c)).astype("float32")
+    s_logits, t_logits = rng.normal(size=(b, k)).astype("float32"), rng.normal(size=(b, k)).astype("float32")
+    labels = rng.integers(0, k, b)
+    loss = FusionDistillation("mean", "s", "t", width=c, num_heads=1, temperature=2.0, centre=False)
+    loss.build_for({"s": (None, 2, 2, c)}, [{"t": (None, 4, 4, c)}], num_classes=k)
+    eye = np.eye(c, dtype="float32")[None, None]
+    loss.adapter.set_weights([eye, np.zeros(c, "float32")])
+    loss.teacher_fusion.projections[0].set_weights([eye, np.zeros(c, "float32")])
+    head_w, head_b = rng.normal(size=(c, k)).astype("float32"), rng.normal(size=k).astype("float32")
+    loss.head.set_weights([head_w, head_b])
+    terms = loss.compute_terms([{"t": t_map, "logits": t_logits}], {"s": s_map, "logits": s_logits}, labels=labels)
+    fused = t_map.reshape(b, 2, 2, 2, 2, c).mean(axis=(2, 4)).astype(np.float64)  # pooled to the student's grid
+    unit = lambda x: x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-6)  # noqa: E731
+    relation = (((unit(s_map) - unit(fused)) ** 2).sum(-1)).mean()
+    assert _np(terms["loss_relation"]) == pytest.approx(relation, rel=1e-4)
+    rkd = _mdistiller_rkd(s_map.mean(axis=(1, 2)).astype(np.float64), fused.mean(axis=(1, 2)))
+    assert _np(terms["loss_relation_rkd"]) == pytest.approx(rkd, rel=1e-3)
+    kd = _mdistiller_kd(s_logits.astype(np.float64), t_logits.astype(np.float64), 2.0)
+    assert _np(terms["loss_relation_kd"]) == pytest.approx(kd, rel=1e-4)
+    head = fused.mean(axis=(1, 2)) @ head_w + head_b
+    assert _np(terms["loss_fusion_ce"]) == pytest.approx(-_log_softmax(head)[np.arange(b), labels].mean(), rel=1e-4)
+    assert _np(terms["fusion_weight_0"]) == pytest.approx(1.0)
+    total = sum(loss.loss_weights[n] * _np(terms[n]) for n in loss.loss_weights)
+    teachers = [{"t": t_map, "logits": t_logits}]
+    assert _np(loss.compute_loss(teachers, {"s": s_map, "logits": s_logits}, labels=labels)) == pytest.approx(total, rel=1e-5)
