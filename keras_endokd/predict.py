@@ -8,7 +8,14 @@ Prints one JSON line per image: {"image": path, "top3": [{"class": name, "probab
 exit code is 1). A line also carries "warnings" when the input is degenerate (a tiny frame,
 upscaled many times; a constant one, which holds nothing to classify), and "caution" on every
 line when the model was trained on the embedded synthetic images (its model card, run files or
-metadata say so): such a model is a demonstration and says nothing about real frames. Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
+metadata say so): such a model is a demonstration and says nothing about real frames.
+
+Each line carries "ood": the out-of-distribution score (the top-1 probability, MSP, Hendrycks and
+Gimpel 2017), the threshold calibrated on the validation split (the model card of an exported
+model, metrics.json beside a .keras student) and "flagged": true when the frame scores below it,
+unlike the frames the model learned from. A .keras student applies the temperature fitted on the
+validation split (metrics.json's calibration), as the exported models have it folded in.
+--explain=DIR writes a Grad-CAM overlay (Selvaraju et al. 2017) of the top-1 class per image. Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
 through THE training preprocessing (`keras_endokd.data.tf_datasets`): decode, optional black-border
 crop, antialiased resize to the model's input size. Both model kinds see the same pixels.
 
@@ -36,6 +43,8 @@ flags.DEFINE_boolean("crop_border", None, "Crop the endoscope's black border bef
                      "Default: as the run was trained (config.json beside the model), else off.",
                      flag_values=FLAGS)
 flags.DEFINE_integer("top_k", 3, "How many classes to print per image.", flag_values=FLAGS)
+flags.DEFINE_string("explain", None, "Folder to write a Grad-CAM overlay PNG per image into "
+                    "(<image name>_gradcam.png; .keras students only).", flag_values=FLAGS)
 
 
 
@@ -68,6 +77,26 @@ def _metadata_labels(model_bytes):
         if f["type"] == "TENSOR_AXIS_LABELS" and f["name"] in files:
             return [l.strip() for l in files[f["name"]].decode("utf-8").splitlines() if l.strip()]
     return None
+
+
+def _read_beside(model_path, name) -> dict:
+    path = _beside(model_path, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def ood_threshold(model_path):
+    """(method, threshold) for this model file: its entry in the model card beside an exported
+    model, metrics.json's `ood` beside a .keras student; (msp, None) when neither has one."""
+    if model_path.endswith(".tflite"):
+        entry = (_read_beside(model_path, "model_card.json").get("ood") or {}).get(os.path.basename(model_path))
+    else:
+        entry = _read_beside(model_path, "metrics.json").get("ood")
+    if entry and entry.get("method") == "msp":
+        return "msp", float(entry["threshold"])
+    return "msp", None
 
 
 def class_names(model_path, num_classes, model_bytes=None, labels_flag=None) -> list:
@@ -130,11 +159,14 @@ class Predictor:
             height, width = self.model.input_shape[1:3]
             self.num_classes = int(self.model.output_shape[-1])
             outputs_probabilities = isinstance(self.model.layers[-1], keras.layers.Softmax)
+            # The temperature fitted on the validation split, as the exported models fold it in.
+            temperature = float((_read_beside(path, "metrics.json").get("calibration") or {})
+                                .get("temperature", 1.0))
 
             def run(x):
                 y = self.model(x, training=False)
                 return keras.ops.convert_to_numpy(y if outputs_probabilities
-                                                  else keras.ops.softmax(y, axis=-1))[0]
+                                                  else keras.ops.softmax(y / temperature, axis=-1))[0]
 
             self._run = run
         else:
@@ -218,6 +250,14 @@ def load_image(path, image_size, crop_border, details: bool = False):
         raise ValueError(f"not an image TensorFlow can decode: {why}") from None
 
 
+def explain(model, image, path: str, folder: str) -> str:
+    """Writes `<folder>/<image name>_gradcam.png`, the Grad-CAM of the top-1 class; its path."""
+    from keras_endokd.clinical.gradcam import gradcam, save_overlay
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return save_overlay(os.path.join(folder, f"{stem}_gradcam.png"), image, gradcam(model, image[None])[0])
+
+
 def main(argv=None) -> int:
     images, code = parse_flags(FLAGS, argv, __doc__, positional=True)
     if code is not None:
@@ -229,6 +269,11 @@ def main(argv=None) -> int:
             raise UsageError("give at least one image file after the flags.")
         if FLAGS.top_k < 1:
             raise UsageError(f"--top_k must be at least 1, got {FLAGS.top_k}.")
+        if FLAGS.explain and not FLAGS.model.endswith(".keras"):
+            raise UsageError(f"--explain needs a .keras student (Grad-CAM reads its gradients), not "
+                             f"--model={FLAGS.model}.")
+        if FLAGS.explain and os.path.isfile(FLAGS.explain):
+            raise UsageError(f"--explain={FLAGS.explain} is a file; give a folder to write the overlays into.")
         predictor = Predictor(FLAGS.model)
         names = class_names(FLAGS.model, predictor.num_classes, predictor.model_bytes,
                             FLAGS.labels)
@@ -239,6 +284,9 @@ def main(argv=None) -> int:
     if FLAGS.crop_border is not None and trained_crop is not None and crop != trained_crop:
         print(f"warning: --crop_border={crop} but the model was trained with "
               f"crop_border={trained_crop}", file=sys.stderr)
+    ood_method, threshold = ood_threshold(FLAGS.model)
+    if FLAGS.explain:
+        os.makedirs(FLAGS.explain, exist_ok=True)
     caution = SYNTHETIC_CAUTION if trained_on_synthetic(FLAGS.model, predictor.model_bytes) else None
     if caution:
         print(f"caution: {caution}", file=sys.stderr)
@@ -254,7 +302,12 @@ def main(argv=None) -> int:
         p = predictor.probabilities(image)
         order = sorted(range(len(p)), key=lambda i: -float(p[i]))[:FLAGS.top_k]
         top = [{"class": names[i], "probability": round(float(p[i]), 6)} for i in order]
-        line = {"image": path, f"top{FLAGS.top_k}": top}
+        score = float(max(p))
+        line = {"image": path, f"top{FLAGS.top_k}": top,
+                "ood": {"method": ood_method, "score": round(score, 6), "threshold": threshold,
+                        "flagged": None if threshold is None else score < threshold}}
+        if FLAGS.explain:
+            line["explanation"] = explain(predictor.model, image, path, FLAGS.explain)
         if warnings:
             line["warnings"] = warnings
         if caution:

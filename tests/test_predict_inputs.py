@@ -63,3 +63,37 @@ def test_input_warnings_thresholds():
     textured = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
     assert predict.input_warnings(textured, 128) == []
     assert predict.input_warnings(textured[:15, :15], 128)[0].startswith("tiny image (15x15")
+
+
+def test_every_line_carries_an_ood_score_flagged_against_the_run_threshold(model_dir, tmp_path, capsys):
+    paths = _images(tmp_path)
+    code, lines, _ = _lines(capsys, model_dir / "student.keras", paths.values())
+    assert code == 0 and all(l["ood"]["threshold"] is None and l["ood"]["flagged"] is None for l in lines)
+    for line in lines:  # MSP: the top-1 probability
+        assert line["ood"]["method"] == "msp" and line["ood"]["score"] == pytest.approx(line["top3"][0]["probability"], abs=1e-5)
+    # A threshold above every score flags everything; the temperature in metrics.json is applied.
+    (model_dir / "metrics.json").write_text(json.dumps({"ood": {"method": "msp", "threshold": 1.01},
+                                                        "calibration": {"temperature": 1000.0}}))
+    try:
+        code, hot, _ = _lines(capsys, model_dir / "student.keras", paths.values())
+    finally:
+        (model_dir / "metrics.json").unlink()
+    assert all(l["ood"]["flagged"] is True and l["ood"]["threshold"] == 1.01 for l in hot)
+    # At T = 1000 the probabilities are all but uniform over the 3 classes.
+    assert all(abs(l["top3"][0]["probability"] - 1 / 3) < 1e-3 for l in hot)
+
+
+def test_explain_writes_a_gradcam_overlay_per_image(model_dir, tmp_path, capsys):
+    paths = _images(tmp_path)
+    out = tmp_path / "explained"
+    code = predict.main(["predict", f"--model={model_dir / 'student.keras'}", f"--explain={out}", str(paths["good"])])
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert code == 0 and line["explanation"] == str(out / "good_gradcam.png")
+    image = Image.open(out / "good_gradcam.png")
+    assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_explain_needs_a_keras_model(tmp_path, capsys):
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    code = predict.main(["predict", f"--model={tmp_path / 'm.tflite'}", f"--explain={tmp_path}", "x.jpg"])
+    assert code == 2 and "--explain needs a .keras student" in capsys.readouterr().err
