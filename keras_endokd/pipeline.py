@@ -7,8 +7,9 @@ goes into its run folder (`run_folder` keeps its life cycle):
     config.json            the resolved configuration
     history.csv, logs/     per-epoch metrics (CSV, TensorBoard)
     student.keras          the student alone (no teacher inside)
-    metrics.json           test-split metrics of the student and of each teacher
-    confusion_matrix.png
+    metrics.json           test-split metrics of the student and of each teacher, calibration, OOD
+    confusion_matrix.png, reliability_diagram*.png, roc_pr_curves.png, explanations.png
+    report.html            all of it on one self-contained page
     + the deployment files (see keras_endokd.deploy)
 """
 
@@ -25,7 +26,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_endokd import atomic_files, run_folder
+from keras_endokd.clinical.html_report import write_report
+from keras_endokd.clinical.probability_metrics import merge_probability_metrics
+from keras_endokd.clinical.run_outputs import clinical_outputs
 from keras_endokd.data import load_dataset
+from keras_endokd.data.source import Split
+from keras_endokd.data.tf_datasets import image_dataset
 from keras_endokd.distribute import is_chief, make_strategy, predict_locally
 from keras_endokd.models.student import trainable_param_count
 from keras_endokd.run_config import RunConfig, log, make_datasets, predict_labels
@@ -79,9 +85,16 @@ def run(cfg: RunConfig) -> dict:
     metrics["config"] = {"kd": cfg.kd, "fusion": cfg.fusion, "dataset": cfg.dataset, "seed": cfg.seed}
     metrics["protocol"] = protocol(cfg, training.pop("input_stream_sha256"))
     metrics["training"] = training
+    clinical = clinical_outputs(student, *(split_arrays(source.splits[s], cfg) for s in ("val", "test")),
+                                source.class_names, run_dir)
+    merge_probability_metrics(metrics["student"], clinical["student"])
+    metrics["calibration"], metrics["ood"] = clinical["calibration"], clinical["ood"]
     atomic_files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     log(f"student test accuracy {metrics['student']['accuracy']:.3f}, macro F1 "
-        f"{metrics['student']['macro_f1']:.3f}, MCC {metrics['student']['mcc']:.3f}")
+        f"{metrics['student']['macro_f1']:.3f}, MCC {metrics['student']['mcc']:.3f}, ECE "
+        f"{metrics['student']['ece']:.3f} ({clinical['calibration']['after']['ece']:.3f} at the fitted "
+        f"temperature {clinical['calibration']['temperature']:.2f}), macro ROC-AUC "
+        f"{metrics['student']['macro_roc_auc']:.3f}")
 
     if cfg.export:
         from keras_endokd.deploy.deployment import export_student
@@ -92,15 +105,24 @@ def run(cfg: RunConfig) -> dict:
                        temperature=cfg.temperature, seed=cfg.seed,
                        batch_size=cfg.batch_size, crop_border=cfg.crop_border,
                        min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
+    if chief:
+        write_report(run_dir)
     log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")
     if chief:
         print(next_steps(run_dir), flush=True)
     return metrics
 
 
+def split_arrays(split: Split, cfg: RunConfig):
+    """(uint8 images [N, S, S, 3] as the student sees them, labels [N]) of one split."""
+    images = np.stack(list(image_dataset(split, cfg.image_size, cfg.crop_border).as_numpy_iterator()))
+    return images, split.labels
+
+
 def next_steps(run_dir: str) -> str:
     """The run's key files that exist, and the commands a user runs next."""
-    files = [("student.keras", "the student (Keras)"), ("metrics.json", "test metrics"),
+    files = [("report.html", "the run on one page (open it in a browser)"),
+             ("student.keras", "the student (Keras)"), ("metrics.json", "test metrics"),
              ("confusion_matrix.png", "confusion matrix"),
              ("student_android.tflite", "Android model, labels in its metadata"),
              ("student_int8.tflite", "int8 model for TensorFlow Lite Micro"),
