@@ -60,7 +60,7 @@ def check_loss(loss, student, teachers: Sequence[keras.Model]) -> None:
         warnings.warn(
             "keras.distillation.LogitsDistillation(loss='kl_divergence'), its default, applies "
             "keras.losses.kl_divergence to the temperature-scaled logits themselves, not to their "
-            "softmaxes, and without the T^2 factor (as of Keras 3.15). For Hinton's KD pass "
+            "softmaxes, and without the T^2 factor (Keras 3.12 to 3.15). For Hinton's KD pass "
             "loss=keras.losses.KLDivergence(), or use keras_endokd.ResponseDistillation.",
             stacklevel=3,
         )
