@@ -2,7 +2,11 @@
 
 Reads the run folder that `python -m keras_endokd.train` wrote (config.json, student.keras),
 reuses its stored teachers for distillation while pruning, and writes the files listed in
-`keras_endokd.deploy.deployment` into the same folder.
+`keras_endokd.deploy.deployment` into the same folder. Every setting comes from the run's
+config.json (the image size, seed, batch size, temperature, border crop, --sparsity,
+--per_tensor, --int8_max_bytes, --min_agreement); a flag given on the command line overrides the
+run's value. A failed check leaves the folder's earlier export as it was and writes
+export_failed.json.
 
     python -m keras_endokd.export --run_dir=runs/latest
     python -m keras_endokd.export --run_dir=runs/latest --sparsity=0.8 --qat
@@ -32,8 +36,8 @@ flags.DEFINE_boolean("qat", False, "Quantization-aware training (pruning-preserv
                      flag_values=FLAGS)
 flags.DEFINE_boolean("per_tensor", False, "One weight scale per tensor in the integer models, not "
                      "one per output channel: the int8 student shrinks from ~84 KB to ~60 KB (a 64 KB "
-                     "flash budget) and agrees a little less with the float model. Not with --qat.",
-                     flag_values=FLAGS)
+                     "flash budget) and agrees a little less with the float model. Not with --qat. "
+                     "Default: the run's --per_tensor.", flag_values=FLAGS)
 flags.DEFINE_integer("int8_max_bytes", None, "Flash budget of student_int8.tflite in bytes: when "
                      "per-channel weight scales do not fit, only the layers that gain most keep them; "
                      "0: per-channel everywhere. Default: the run's --int8_max_bytes (64000).",
@@ -41,7 +45,13 @@ flags.DEFINE_integer("int8_max_bytes", None, "Flash budget of student_int8.tflit
 flags.DEFINE_integer("fine_tune_epochs", 3, "Epochs of fine-tuning while pruning (and of QAT).",
                      flag_values=FLAGS)
 flags.DEFINE_float("min_agreement", 0.99, "Least top-1 agreement of each .tflite model with its "
-                   "Keras model on the test split; below it the export fails.", flag_values=FLAGS)
+                   "Keras model, measured on up to 1024 images of all splits: the export fails when "
+                   "the upper bound of the agreement's 95% (Wilson) interval is below it. Default: "
+                   "the run's --min_agreement.", flag_values=FLAGS)
+# The export's own flags; each one not given on the command line takes the run's config.json value
+# (flags the train command lacks, --qat and --fine_tune_epochs, take their defaults).
+EXPORT_SETTINGS = ("sparsity", "qat", "per_tensor", "int8_max_bytes", "fine_tune_epochs",
+                   "min_agreement")
 
 
 
@@ -72,33 +82,54 @@ def check_flags() -> str:
     if FLAGS.int8_max_bytes is not None and FLAGS.int8_max_bytes < 0:
         raise UsageError(f"--int8_max_bytes must be 0 (no budget) or a byte count, got "
                          f"{FLAGS.int8_max_bytes}.")
+    if FLAGS.qat and not FLAGS["per_tensor"].present and _run_values(run_dir).get("per_tensor"):
+        raise UsageError("--qat does not combine with the run's per_tensor (one weight scale per "
+                         "tensor): add --noper_tensor to export with per-channel scales.")
     if not 0.0 <= FLAGS.min_agreement <= 1.0:
         raise UsageError(f"--min_agreement={FLAGS.min_agreement} is outside [0, 1]: it is the least "
-                         "fraction of test images on which each .tflite model must agree with the "
+                         "fraction of images on which each .tflite model must agree with the "
                          "Keras model.")
     return run_dir
 
 
-def _run_sparsity(run_dir: str):
-    """The run's --sparsity from its config.json (None when unreadable: load_config reports it)."""
+def _run_values(run_dir: str) -> dict:
+    """The run's config.json as a dict, read without TensorFlow ({} when unreadable:
+    load_config reports it)."""
     try:
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-            value = json.load(f).get("sparsity", 0.5)
-        return float(value)
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
+            values = json.load(f)
+        return values if isinstance(values, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def export_settings(run_values: dict) -> dict:
+    """{setting: (value, "flag" | "run" | "default")} for `EXPORT_SETTINGS`: the flag when given
+    on the command line, else the run's value, else the flag's default."""
+    out = {}
+    for name in EXPORT_SETTINGS:
+        if FLAGS[name].present:
+            out[name] = (FLAGS[name].value, "flag")
+        elif run_values.get(name) is not None:
+            out[name] = (run_values[name], "run")
+        else:
+            out[name] = (FLAGS[name].default, "default")
+    return out
 
 
 def flag_warnings(run_dir: str) -> list:
     """One line for each flag the user gave that has no effect with the others (not an error)."""
-    out = []
-    if FLAGS["int8_max_bytes"].present and (FLAGS.qat or FLAGS.per_tensor):
-        why = ("--qat converts with the per-channel ranges it learned" if FLAGS.qat else
-               "--per_tensor gives every layer one weight scale, whatever the size")
+    out, settings = [], export_settings(_run_values(run_dir))
+    qat, per_tensor = settings["qat"][0], settings["per_tensor"][0]
+    if FLAGS["int8_max_bytes"].present and (qat or per_tensor):
+        why = ("--qat converts with the per-channel ranges it learned" if qat else
+               "--per_tensor gives every layer one weight scale, whatever the size"
+               if FLAGS["per_tensor"].present else
+               "the run's per_tensor gives every layer one weight scale, whatever the size")
         out.append(f"--int8_max_bytes={FLAGS.int8_max_bytes} has no effect: {why}.")
-    sparsity = FLAGS.sparsity if FLAGS.sparsity is not None else _run_sparsity(run_dir)
-    if FLAGS["fine_tune_epochs"].present and sparsity == 0 and not FLAGS.qat:
-        given = "--sparsity=0" if FLAGS.sparsity is not None else "the run's sparsity is 0"
+    sparsity, origin = settings["sparsity"]
+    if FLAGS["fine_tune_epochs"].present and sparsity == 0 and not qat:
+        given = "--sparsity=0" if origin == "flag" else "the run's sparsity is 0"
         out.append(f"--fine_tune_epochs={FLAGS.fine_tune_epochs} has no effect: {given} and no --qat, "
                    "so nothing is fine-tuned.")
     return out
@@ -118,21 +149,18 @@ def export(argv) -> dict:
     cfg = load_config(run_dir)
     # Where the run folder is now, not where it was trained from: the teachers are found beside it.
     cfg = dataclasses.replace(cfg, output_dir=run_dir)
-    sparsity = cfg.sparsity if FLAGS.sparsity is None else FLAGS.sparsity
-    max_bytes = cfg.int8_max_bytes if FLAGS.int8_max_bytes is None else FLAGS.int8_max_bytes
+    settings = export_settings(dataclasses.asdict(cfg))
     student = keras.saving.load_model(os.path.join(run_dir, "student.keras"), safe_mode=True)
     source = load_dataset(cfg.dataset, cfg.data_dir, cfg.split_file, cfg.fold, cfg.resolved_data_seed(),
                           cfg.image_size, on_bad_image=cfg.on_bad_image)
-    log(f"export {run_dir}: dataset {source.name}, sparsity {sparsity}, qat {FLAGS.qat}, "
-        f"per-tensor {FLAGS.per_tensor}")
+    log(f"export {run_dir}: dataset {source.name}; " + ", ".join(
+        f"{name} {value} ({origin})" for name, (value, origin) in settings.items()))
     teachers, _ = obtain_teachers(cfg, source, make_datasets(cfg, source))
     return export_student(
-        run_dir, student, source, teachers, image_size=cfg.image_size, sparsity=sparsity,
-        temperature=cfg.temperature, qat=FLAGS.qat, per_tensor=FLAGS.per_tensor, int8_max_bytes=max_bytes, seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        crop_border=cfg.crop_border, fine_tune_epochs=FLAGS.fine_tune_epochs,
-        min_agreement=FLAGS.min_agreement,
-        command=" ".join(["python -m keras_endokd.export", *argv[1:]]))
+        run_dir, student, source, teachers, image_size=cfg.image_size,
+        temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size,
+        crop_border=cfg.crop_border, command=" ".join(["python -m keras_endokd.export", *argv[1:]]),
+        **{name: value for name, (value, _) in settings.items()})
 
 
 def main(argv=None) -> int:
@@ -154,8 +182,8 @@ def main(argv=None) -> int:
     except (UsageError, DatasetLayoutError, FileNotFoundError) as err:
         return fail(err)
     except ExportCheckError as err:
-        print(f"error: {err} (details in {os.path.join(FLAGS.run_dir, 'export_report.json')})",
-              file=sys.stderr)
+        print(f"error: {err}\nThe folder's earlier export, if any, is untouched; details in "
+              f"{os.path.join(FLAGS.run_dir, 'export_failed.json')}.", file=sys.stderr)
         return 1
     return 0
 

@@ -1,4 +1,5 @@
-"""Deployment: tf_keras twin, pruning, int8 conversion, metadata, C array, and the CLIs.
+"""Deployment: tf_keras twin, pruning, int8 conversion, metadata, C array, failed exports, and
+the predict and evaluate commands (the export command: test_export_cli.py).
 
 A tiny colour-coded dataset (4 classes, 48x48) and a student trained on it for a few epochs stand
 in for a real run; the end-to-end export runs once per module and the tests read its files.
@@ -6,6 +7,8 @@ in for a real run; the end-to-end export runs once per module and the tests read
 
 import json
 import os
+import re
+import shutil
 
 import keras
 import numpy as np
@@ -56,12 +59,11 @@ def _bn_momentum(model, momentum):
 
 @pytest.fixture(scope="module")
 def source():
-    return DatasetSource("toy_colours", CLASSES, {
-        "train": _split(192, 1), "val": _split(32, 2), "test": _split(64, 3)})
+    return toy_source()
 
 
-@pytest.fixture(scope="module")
-def student(source):
+def trained_student(source):
+    """The toy student, trained on `source`'s training split (checked to have learned)."""
     keras.utils.set_random_seed(0)
     model = build_student(len(CLASSES), SIZE)
     _bn_momentum(model, 0.8)
@@ -75,6 +77,16 @@ def student(source):
                        == test.labels)
     assert accuracy > 0.6, f"the toy student did not learn (test accuracy {accuracy:.2f})"
     return model
+
+
+def toy_source():
+    return DatasetSource("toy_colours", CLASSES, {
+        "train": _split(192, 1), "val": _split(32, 2), "test": _split(64, 3)})
+
+
+@pytest.fixture(scope="module")
+def student(source):
+    return trained_student(source)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +194,21 @@ def test_integer_models_agree_with_the_keras_student(exported):
     assert checks["int8"]["agreement"] >= 0.95
     assert checks["android"]["agreement"] >= 0.95
     assert checks["int8"]["accuracy"] > 0.6
+
+
+@pytest.mark.slow
+def test_agreement_is_measured_on_every_split_with_its_interval(exported):
+    _, report = exported
+    check = report["agreement_check"]
+    # all 288 images (fewer than the 1,024 cap), not the 64 of the test split
+    assert check["images"] == 288 and check["images_from"] == {"train": 192, "val": 32, "test": 64}
+    assert "upper bound" in check["rule"] and check["min_agreement"] == 0.9
+    for key in ("float32", "int8", "android"):
+        entry = report["checks"][key]
+        assert entry["agreement_images"] == 288 and entry["num_images"] == 64  # scores: test only
+        lower, upper = entry["agreement_interval_95"]
+        assert lower <= entry["agreement"] <= upper
+        assert entry["disagreements"] == round(288 * (1 - entry["agreement"]))
 
 
 @pytest.mark.slow
@@ -395,23 +422,6 @@ def test_predict_missing_model_is_a_usage_error(tmp_path, capsys):
     assert code == 2 and "nope.tflite: no such file" in err
 
 
-def test_export_cli_usage_errors(tmp_path, capsys):
-    from keras_endokd import export
-
-    assert export.main(["export", f"--run_dir={tmp_path / 'missing'}"]) == 2
-    assert "no such folder" in capsys.readouterr().err
-    assert export.main(["export", f"--run_dir={tmp_path}"]) == 2
-    err = capsys.readouterr().err
-    assert "has no student.keras: run python -m keras_endokd.train" in err
-    assert "Traceback" not in err
-    (tmp_path / "student.keras").write_bytes(b"")
-    (tmp_path / "config.json").write_text("{}")
-    assert export.main(["export", f"--run_dir={tmp_path}", "--sparsity=1.0"]) == 2
-    assert "outside [0, 1)" in capsys.readouterr().err
-    assert export.main(["export", f"--run_dir={tmp_path}", "--per_tensor", "--qat"]) == 2
-    assert "--per_tensor and --qat do not combine" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_evaluate_cli_on_an_image_folder(exported, tmp_path, capsys):
     from keras_endokd import evaluate
@@ -440,15 +450,38 @@ def test_evaluate_cli_on_an_image_folder(exported, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_failed_check_raises_and_writes_no_model(tmp_path, student, source):
+def test_a_failed_reexport_keeps_the_previous_set_and_a_good_one_leaves_no_stale_file(
+        exported, tmp_path, student, source):
     from keras_endokd.deploy.deployment import ExportCheckError, export_student
 
-    with pytest.raises(ExportCheckError, match="agrees with its Keras model"):
-        export_student(str(tmp_path), student, source, image_size=SIZE, sparsity=0.0,
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported[0], run_dir)
+    before = {name: _read(run_dir, name) for name in EXPECTED_FILES}
+    # A threshold above 1 fails whatever the models do; agreement is measured on all 288 images.
+    with pytest.raises(ExportCheckError) as failure:
+        export_student(str(run_dir), student, source, image_size=SIZE, sparsity=0.0,
                        min_agreement=1.01)
-    assert not any(f.endswith(".tflite") for f in os.listdir(tmp_path))
-    report = json.loads((tmp_path / "export_report.json").read_text())
-    assert report["status"] == "failed" and "ExportCheckError" in report["error"]
+    message = str(failure.value)
+    assert "student_int8.tflite agrees with its Keras model" in message
+    assert "of 288 images" in message and "below --min_agreement=1.01" in message
+    assert set(os.listdir(run_dir)) == EXPECTED_FILES | {"export_failed.json"}  # no staging folder
+    assert {name: _read(run_dir, name) for name in EXPECTED_FILES} == before  # untouched
+    assert json.loads(_read(run_dir, "export_report.json"))["status"] == "ok"
+    failed = json.loads(_read(run_dir, "export_failed.json"))
+    assert failed["status"] == "failed" and "ExportCheckError" in failed["error"]
+    # The suggested threshold is one that passes: the lowest measured upper bound, rounded down.
+    suggested = float(re.search(r"min_agreement=([0-9.]+)\.$", message).group(1))
+    uppers = [failed["checks"][k]["agreement_interval_95"][1] for k in ("float32", "int8", "android")]
+    assert suggested == failed["agreement_check"]["passing_min_agreement"] <= min(uppers)
+    assert suggested > 0.9
+
+    # A good export without pruning: its set replaces the old one, student_pruned.keras included.
+    report = export_student(str(run_dir), student, source, image_size=SIZE, sparsity=0.0,
+                            min_agreement=suggested)
+    assert set(os.listdir(run_dir)) == EXPECTED_FILES - {"student_pruned.keras"}
+    assert report["status"] == "ok" and set(report["files"]) == set(os.listdir(run_dir))
+    assert json.loads(_read(run_dir, "export_report.json"))["prune"]["skipped"]
+    assert _read(run_dir, "student_int8.tflite") != before["student_int8.tflite"]
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """A trained student -> the deployment files: prune, quantize, convert, check, microcontroller.
 
-`export_student` writes into the run folder (every file atomically, `keras_endokd.atomic_files`):
+`export_student` writes these files into the run folder, all of them or none
+(`deploy.export_folder`: staged, then moved in once every check passed):
 
     student_pruned.keras     the pruned, fine-tuned Keras 3 student (when --sparsity > 0)
     student_float32.tflite   float32 reference model (metadata attached)
@@ -14,11 +15,13 @@
                              the measured tensor arena size (`deploy.micro.resolver_header`)
     model_card.json          what a deployer needs: input format, classes, sizes, accuracies
                              (`deploy.model_card`)
-    export_report.json       every stage's figures (also written, with the error, on failure)
+    export_report.json       every stage's figures and checks
 
-Each split is decoded and preprocessed once (`deploy.export_images`); pruning, calibration and
-the checks slice those arrays. The checks (`deploy.export_checks`) run before any model file is
-written; one that fails raises `ExportCheckError`.
+A failed export leaves the earlier export's files as they were and writes its report, with the
+error, to export_failed.json. Each split is decoded and preprocessed once
+(`deploy.export_images`); pruning, calibration and the checks slice those arrays. The checks
+(`deploy.export_checks`) run before any file is moved in; one that fails raises
+`ExportCheckError`, which names the flag to change and a command that passes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shlex
 import subprocess
 import time
 from typing import Sequence
@@ -38,9 +42,10 @@ from keras_endokd.data.source import DatasetSource
 from keras_endokd.deploy import micro
 from keras_endokd.deploy.convert import (check_pixel_input, input_quantization,
                                          probability_model, strip_strings, to_tflite)
-from keras_endokd.deploy.export_checks import (DEFAULT_MIN_AGREEMENT, TFLITE_FILES,
+from keras_endokd.deploy.export_checks import (DEFAULT_MIN_AGREEMENT, RULE, TFLITE_FILES,
                                                ExportCheckError, batched, check_models, inference)
-from keras_endokd.deploy.export_images import preprocessed_splits
+from keras_endokd.deploy.export_folder import REPORT, publish, record_failure, staging_folder
+from keras_endokd.deploy.export_images import agreement_images, preprocessed_splits
 from keras_endokd.deploy.granularity import choose_per_channel_layers
 from keras_endokd.deploy.litert import TFLiteModel, op_names, tensor_types
 from keras_endokd.deploy.metadata import write_metadata
@@ -108,10 +113,13 @@ def export_student(
       int8_max_bytes: flash budget of student_int8.tflite. When the per-channel model is larger,
         only the layers that gain most keep per-channel scales (`deploy.granularity`); 0: no
         budget, per-channel everywhere. Not applied with qat (it learns per-channel ranges).
-      min_agreement: least top-1 agreement of each .tflite with its Keras model on the test split.
+      min_agreement: least top-1 agreement of each .tflite with its Keras model, on up to 1,024
+        images of all splits; a model fails when the upper bound of its agreement's Wilson 95%
+        interval is below it (`deploy.export_checks`).
       command: the command line that produced the export, for the model card.
 
-    Returns export_report.json's content. Raises ExportCheckError when a check fails.
+    Returns export_report.json's content. Raises ExportCheckError when a check fails; the run
+    folder then keeps the earlier export's files, and export_failed.json says what failed.
     """
     start = time.time()
     if not len(source.splits["test"]):
@@ -125,7 +133,7 @@ def export_student(
     if qat and per_tensor:
         raise ValueError("per_tensor and qat do not combine: quantization-aware training learns "
                          "per-channel weight ranges, which a per-tensor conversion would discard")
-    os.makedirs(run_dir, exist_ok=True)
+    staging = staging_folder(run_dir)
     report = {
         "status": "running", "command": command,
         "settings": {"image_size": image_size, "sparsity": sparsity, "temperature": temperature,
@@ -136,20 +144,45 @@ def export_student(
         "dataset": dataset_summary(source),
     }
     try:
-        return _export(run_dir, student, source, teachers, report, start, image_size=image_size,
+        report = _export(staging, student, source, teachers, report, start, image_size=image_size,
                        sparsity=sparsity, temperature=temperature, qat=qat,
                        per_tensor=per_tensor, int8_max_bytes=int8_max_bytes, seed=seed,
                        batch_size=batch_size, crop_border=crop_border,
                        fine_tune_epochs=fine_tune_epochs, min_agreement=min_agreement,
                        representative_count=representative_count, verbose=verbose)
-    except Exception as err:
+        if report.get("failures"):
+            raise ExportCheckError("export check failed: " + "; ".join(report["failures"]) + ". "
+                                   + _retry(run_dir, report["settings"],
+                                            report["agreement_check"]["passing_min_agreement"]))
+        publish(staging, run_dir)
+    except BaseException as err:  # KeyboardInterrupt too: no staging folder is left behind
         report["status"] = "failed"
         report["error"] = f"{type(err).__name__}: {err}"
-        atomic_files.write_json(os.path.join(run_dir, "export_report.json"), report)
+        path = record_failure(staging, run_dir, report)
+        if isinstance(err, Exception):
+            _log(f"failed; the earlier export's files, if any, are untouched; details in {path}")
         raise
+    _log(f"wrote {len(report['files'])} files to {os.path.abspath(run_dir)} in "
+         f"{report['seconds']:.0f}s")
+    return report
 
 
-def _export(run_dir, student, source, teachers, report, start, *, image_size, sparsity,
+def _retry(run_dir: str, settings: dict, threshold) -> str:
+    """The way out of a failed agreement check: a command that passes (same settings, the
+    threshold lowered to what the measured interval passes)."""
+    if threshold is None:
+        return "No flag makes this pass: see docs/deployment.md, \"Agreement checks\"."
+    if not all(os.path.isfile(os.path.join(run_dir, f)) for f in ("student.keras", "config.json")):
+        return f"To accept these models, export again with min_agreement={threshold:g}."
+    flags = [f"--run_dir={shlex.quote(run_dir)}", f"--sparsity={settings['sparsity']:g}",
+             f"--int8_max_bytes={settings['int8_max_bytes']}",
+             f"--fine_tune_epochs={settings['fine_tune_epochs']}"]
+    flags += ["--qat"] * settings["qat"] + ["--per_tensor"] * settings["per_tensor"]
+    return ("To accept these models, re-export with a threshold their interval passes: "
+            f"python -m keras_endokd.export {' '.join(flags)} --min_agreement={threshold:g}")
+
+
+def _export(out_dir, student, source, teachers, report, start, *, image_size, sparsity,
             temperature, qat, per_tensor, int8_max_bytes, seed, batch_size, crop_border,
             fine_tune_epochs, min_agreement, representative_count, verbose):
     # 0. Every split decoded and preprocessed once; the stages below slice these arrays.
@@ -231,27 +264,34 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
         f"{k} {_kb(sizes[TFLITE_FILES[k]]['bytes'])} (gzip {_kb(sizes[TFLITE_FILES[k]]['gzip_bytes'])})"
         for k in models) + f" ({time.time() - t0:.0f}s)")
 
-    # 4. Check every model in LiteRT over the test split.
+    # 4. Check every model in LiteRT: scores on the test split, agreement on all splits.
     t0 = time.time()
-    report["checks"] = check_models(models, pruned, student, qat_model, test, source.class_names,
-                                    min_agreement)
-    checks = report["checks"]
-    _log(f"checked on {len(test)} test images: " + ", ".join(
-        f"{k} accuracy {checks[k]['accuracy']:.3f} agreement {checks[k]['agreement']:.1%} "
-        f"(argmax {checks[k]['agreement_strict']:.1%})" for k in models) + f" ({time.time() - t0:.0f}s)")
+    agreeing, drawn = agreement_images(splits, seed=seed)
+    checks, failures, passing = check_models(models, pruned, student, qat_model, test, agreeing,
+                                             source.class_names, min_agreement)
+    report["checks"] = checks
+    report["agreement_check"] = {"rule": RULE, "min_agreement": min_agreement,
+                                 "images": len(agreeing), "images_from": drawn,
+                                 "interval": "Wilson score, 95%", "passing_min_agreement": passing}
+    _log(f"checked: test accuracy on {len(test)} images, agreement on {len(agreeing)} images "
+         f"(train {drawn['train']}, val {drawn['val']}, test {drawn['test']}): " + ", ".join(
+             f"{k} accuracy {checks[k]['accuracy']:.3f} agreement {checks[k]['agreement']:.1%} "
+             f"[{checks[k]['agreement_interval_95'][0]:.1%}, "
+             f"{checks[k]['agreement_interval_95'][1]:.1%}]" for k in models)
+         + f" ({time.time() - t0:.0f}s)")
+    if failures:
+        report["failures"] = failures
+        return report
 
-    # 5. Write the models, then the microcontroller files.
+    # 5. Write the models, then the microcontroller files (into the staging folder).
     written = []
-    pruned_path = os.path.join(run_dir, "student_pruned.keras")
     if sparsity > 0:
-        written.append(atomic_files.save_model(pruned, pruned_path))
-    elif os.path.exists(pruned_path):  # an earlier export's; it no longer matches the .tflite files
-        os.remove(pruned_path)
+        written.append(atomic_files.save_model(pruned, os.path.join(out_dir, "student_pruned.keras")))
     for key, data in models.items():
-        written.append(atomic_files.write_bytes(os.path.join(run_dir, TFLITE_FILES[key]), data))
-    written.append(atomic_files.write_text(os.path.join(run_dir, "labels.txt"),
+        written.append(atomic_files.write_bytes(os.path.join(out_dir, TFLITE_FILES[key]), data))
+    written.append(atomic_files.write_text(os.path.join(out_dir, "labels.txt"),
                                            "\n".join(source.class_names) + "\n"))
-    report["micro"] = _micro(run_dir, models["int8"], image_size, written)
+    report["micro"] = _micro(out_dir, models["int8"], image_size, written)
     m = report["micro"]
     arena = (f"arena {m['arena_used_bytes'] / 1024:.1f} KiB used, "
              f"{m['arena_size_recommended'] / 1024:.0f} KiB recommended" if m.get("arena_used_bytes")
@@ -261,14 +301,12 @@ def _export(run_dir, student, source, teachers, report, start, *, image_size, sp
 
     # 6. Model card and report.
     report["model_card"] = model_card(report, source, params, image_size, crop_border)
-    written.append(atomic_files.write_json(os.path.join(run_dir, "model_card.json"),
+    written.append(atomic_files.write_json(os.path.join(out_dir, "model_card.json"),
                                            report["model_card"]))
-    report["files"] = sorted(os.path.basename(p) for p in written) + ["export_report.json"]
+    report["files"] = sorted(os.path.basename(p) for p in written) + [REPORT]
     report["status"] = "ok"
     report["seconds"] = round(time.time() - start, 1)
-    atomic_files.write_json(os.path.join(run_dir, "export_report.json"), report)
-    _log(f"wrote {len(report['files'])} files to {os.path.abspath(run_dir)} in "
-         f"{report['seconds']:.0f}s")
+    atomic_files.write_json(os.path.join(out_dir, REPORT), report)
     return report
 
 
@@ -305,8 +343,8 @@ def _int8_model(model, representative, per_tensor: bool, max_bytes: int):
     return mixed, {"weight_scales": summary, **details}
 
 
-def _micro(run_dir, int8: bytes, image_size: int, written: list) -> dict:
-    cc, h = micro.write_c_array(int8, run_dir, name="g_model_data", basename="model_data")
+def _micro(out_dir, int8: bytes, image_size: int, written: list) -> dict:
+    cc, h = micro.write_c_array(int8, out_dir, name="g_model_data", basename="model_data")
     with open(cc) as f:
         if micro.parse_c_array(f.read()) != int8:
             raise ExportCheckError(f"{cc} does not hold the bytes of student_int8.tflite")
@@ -315,7 +353,7 @@ def _micro(run_dir, int8: bytes, image_size: int, written: list) -> dict:
     except (RuntimeError, subprocess.TimeoutExpired) as err:  # the model files are still good
         arena, failure = None, str(err)
         _log(f"micro: arena not measured: {failure}")
-    header = os.path.join(run_dir, "micro_op_resolver.h")
+    header = os.path.join(out_dir, "micro_op_resolver.h")
     written += [cc, h, atomic_files.write_text(header, micro.resolver_header(int8, arena))]
     out = {"files": ["model_data.cc", "model_data.h", "micro_op_resolver.h"],
            "ops": op_names(int8), "model_bytes": len(int8),
