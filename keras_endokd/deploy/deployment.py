@@ -145,11 +145,11 @@ def export_student(
     }
     try:
         report = _export(staging, student, source, teachers, report, start, image_size=image_size,
-                       sparsity=sparsity, temperature=temperature, qat=qat,
-                       per_tensor=per_tensor, int8_max_bytes=int8_max_bytes, seed=seed,
-                       batch_size=batch_size, crop_border=crop_border,
-                       fine_tune_epochs=fine_tune_epochs, min_agreement=min_agreement,
-                       representative_count=representative_count, verbose=verbose)
+                         sparsity=sparsity, temperature=temperature, qat=qat,
+                         per_tensor=per_tensor, int8_max_bytes=int8_max_bytes, seed=seed,
+                         batch_size=batch_size, crop_border=crop_border,
+                         fine_tune_epochs=fine_tune_epochs, min_agreement=min_agreement,
+                         representative_count=representative_count, verbose=verbose)
         if report.get("failures"):
             raise ExportCheckError("export check failed: " + "; ".join(report["failures"]) + ". "
                                    + _retry(run_dir, report["settings"],
