@@ -26,7 +26,39 @@ FEATURE_TAPS = ("feat_1", "feat_2", "feat_3")  # models.taps.FEATURE_TAPS
 # distill.registry.METHOD_TAPS: the feature taps each --kd method reads.
 METHOD_TAPS = {"none": (), "response": (), "feature": FEATURE_TAPS, "relation": ("feat_3",),
                "fitnets": ("feat_2",), "attention_transfer": FEATURE_TAPS, "rkd": ("feat_3",)}
-DEFAULT_STUDENT_LOSS_WEIGHT = 0.5
+DEFAULT_STUDENT_LOSS_WEIGHT = 0.5  # run_config.RunConfig.student_loss_weight
+
+
+def define(flag_values) -> None:
+    """Defines the four flags in the train command's `FlagValues`."""
+    from absl import flags
+
+    kw = {"flag_values": flag_values}
+    flags.DEFINE_float("student_loss_weight", DEFAULT_STUDENT_LOSS_WEIGHT, "w in the total w * CE + (1 - w) * "
+                       "(sum of the weighted terms), 0 to 1: keras.distillation.Distiller's student_loss_weight.", **kw)
+    flags.DEFINE_float("ce_weight", None, "Legacy: a * CE + sum of the terms, trained as --student_loss_weight="
+                       "a/(1+a) (Adam ignores the factor 1/(1+a) between them). Give one of the two.", **kw)
+    flags.DEFINE_list("teacher_taps", None, "Layers of saved .keras teachers read as feat_1..3, shallow to deep: "
+                      "one name stands for feat_3 (relation, rkd), two for feat_2,feat_3 (+ fitnets), three for "
+                      "all (+ attention_transfer), e.g. conv3_block4_out,conv4_block6_out. Default: feat_1..3.", **kw)
+    flags.DEFINE_list("student_taps", None, "Layers of the student read as feat_1..3, as --teacher_taps.", **kw)
+
+
+def config_fields(flag_values, names: Sequence[str], teachers: Sequence[str]) -> dict:
+    """The RunConfig fields of the four flags, checked (UsageError: one paragraph)."""
+    given = flag_values["student_loss_weight"].present
+    w = student_loss_weight(given, flag_values.student_loss_weight, flag_values.ce_weight, names)
+    check_taps(names, teachers, flag_values.teacher_taps, flag_values.student_taps)
+    return {"student_loss_weight": w,
+            "teacher_taps": tuple(flag_values.teacher_taps) if flag_values.teacher_taps else None,
+            "student_taps": tuple(flag_values.student_taps) if flag_values.student_taps else None}
+
+
+def flag_warnings(flag_values, names: Sequence[str]) -> List[str]:
+    """One line for each of the four flags given that has no effect with the others."""
+    given = flag_values["student_loss_weight"].present
+    taps = [n for n in ("teacher_taps", "student_taps") if flag_values[n].present]
+    return weight_warnings(given, flag_values.student_loss_weight, names) + tap_warnings(names, taps)
 
 
 def student_loss_weight(given_w: bool, w: float, ce_weight: Optional[float], names: Sequence[str]) -> float:

@@ -64,14 +64,7 @@ flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, c
 flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.", **_F)
 flags.DEFINE_float("temperature", 4.0, "Softening temperature of the logit terms (--kd=response, and "
                    "relation's loss_relation_kd).", **_F)
-flags.DEFINE_float("student_loss_weight", 0.5, "w in the total w * CE + (1 - w) * (sum of the weighted terms), "
-                   "0 to 1: keras.distillation.Distiller's student_loss_weight.", **_F)
-flags.DEFINE_float("ce_weight", None, "Legacy: a * CE + sum of the terms, trained as --student_loss_weight=a/(1+a) "
-                   "(Adam ignores the factor 1/(1+a) between them). Give one of the two.", **_F)
-flags.DEFINE_list("teacher_taps", None, "Layers of saved .keras teachers read as feat_1..3, shallow to deep: one "
-                  "name stands for feat_3 (relation, rkd), two for feat_2,feat_3 (+ fitnets), three for all (+ "
-                  "attention_transfer), e.g. conv3_block4_out,conv4_block6_out. Default: feat_1..3.", **_F)
-flags.DEFINE_list("student_taps", None, "Layers of the student read as feat_1..3, as --teacher_taps.", **_F)
+distill_flags.define(FLAGS)  # --student_loss_weight, --ce_weight, --teacher_taps, --student_taps
 for _term, _help in [
     ("response", "Hinton KD"), ("feature", "FitNets hints"), ("attention", "attention transfer"),
     ("relation", "fused-target matching"), ("relation_rkd", "RKD against the fused target"),
@@ -240,9 +233,7 @@ def check_flags() -> list:
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise UsageError(f"{_value(name)} is impossible: a loss weight must be a number >= 0 "
                              "(0 switches the term off).")
-    distill_flags.student_loss_weight(_given("student_loss_weight"), FLAGS.student_loss_weight,
-                                      FLAGS.ce_weight, names)
-    distill_flags.check_taps(names, teachers, FLAGS.teacher_taps, FLAGS.student_taps)
+    distill_flags.config_fields(FLAGS, names, teachers)
     if not 0.0 <= FLAGS.min_agreement <= 1.0:
         raise UsageError(f"--min_agreement={FLAGS.min_agreement} is outside [0, 1]: it is the least fraction "
                          "of test images on which each .tflite model must agree with the Keras student.")
@@ -337,9 +328,7 @@ def flag_warnings(names: list) -> list:
     if not FLAGS.export:
         unused(["per_tensor", "min_agreement"], "--noexport writes no .tflite model (python -m "
                "keras_endokd.export takes its own --per_tensor and --min_agreement)")
-    out += distill_flags.weight_warnings(_given("student_loss_weight"), FLAGS.student_loss_weight, names)
-    out += distill_flags.tap_warnings(names, [n for n in ("teacher_taps", "student_taps") if n in given])
-    return out
+    return out + distill_flags.flag_warnings(FLAGS, names)
 
 
 def config_from_flags():
@@ -366,10 +355,7 @@ def config_from_flags():
         teacher_epochs=FLAGS.teacher_epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, teacher_learning_rate=FLAGS.teacher_learning_rate,
         temperature=FLAGS.temperature, loss_weights=loss_weights,
-        student_loss_weight=distill_flags.student_loss_weight(
-            _given("student_loss_weight"), FLAGS.student_loss_weight, FLAGS.ce_weight, names),
-        teacher_taps=tuple(FLAGS.teacher_taps) if FLAGS.teacher_taps else None,
-        student_taps=tuple(FLAGS.student_taps) if FLAGS.student_taps else None,
+        **distill_flags.config_fields(FLAGS, names, teachers),
         seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
         per_tensor=FLAGS.per_tensor, int8_max_bytes=FLAGS.int8_max_bytes,
         teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
@@ -399,8 +385,8 @@ def main(argv=None) -> int:
     except (DatasetLayoutError, FileNotFoundError, NonFiniteLossError, RunFolderError, StrategyError) as err:
         return fail(err)
     except ExportCheckError as err:  # student.keras and metrics.json are written by then
-        return fail(f"{err}\nThe student is saved; re-export with python -m keras_endokd.export "
-                     f"--run_dir={cfg.output_dir}.")
+        return fail(f"{err}\nThe student and its metrics are saved in {cfg.output_dir}; only the "
+                    "deployment files are missing.")
     return 0
 
 
