@@ -25,7 +25,8 @@ RUN_OUTPUTS = (
     BACKUP, "student_int8.tflite", "student_android.tflite", "student_float32.tflite", "labels.txt",
     "model_card.json", "model_data.cc", "model_data.h", "micro_op_resolver.h", "export_report.json",
     "student_pruned.keras", "report.html", "reliability_diagram.png", "reliability_diagram_calibrated.png",
-    "roc_pr_curves.png", "explanations.png",
+    "roc_pr_curves.png", "explanations.png", "export_failed.json", "reliability_diagram_float32.png",
+    "reliability_diagram_int8.png", "reliability_diagram_android.png",
 )
 # Settings that say how a run is invoked, not what it computes: they may differ on --resume.
 INVOCATION_KEYS = ("resume", "overwrite", "verbose", "export")

@@ -29,7 +29,8 @@ COLOURS = np.array([[40, 60, 210], [40, 200, 50], [210, 40, 40], [210, 200, 40]]
 EXPECTED_FILES = {
     "student_pruned.keras", "student_float32.tflite", "student_int8.tflite",
     "student_android.tflite", "labels.txt", "model_data.cc", "model_data.h",
-    "micro_op_resolver.h", "model_card.json", "export_report.json",
+    "micro_op_resolver.h", "model_card.json", "export_report.json", "reliability_diagram_float32.png",
+    "reliability_diagram_int8.png", "reliability_diagram_android.png",
 }
 
 
@@ -169,6 +170,31 @@ def test_export_writes_every_file_and_no_temporaries(exported):
         assert card["files"][name]["bytes"] == len(_read(run_dir, name))
         assert 0 < card["files"][name]["gzip_bytes"] < card["files"][name]["bytes"]
     assert _read(run_dir, "labels.txt").decode().splitlines() == list(CLASSES)
+
+
+@pytest.mark.slow
+def test_the_exports_are_calibrated_and_scored_like_the_student(exported):
+    """The validation-fitted temperature is folded into the logits layer: the float32 model's
+    probabilities are softmax(z / T) of the pruned Keras model's logits, and every model carries
+    the metrics.json block (ECE, Brier, ROC/PR-AUC per class) and an OOD threshold in the card."""
+    run_dir, report = exported
+    t = report["calibration"]["temperature"]
+    assert report["calibration"]["val_nll_after"] <= report["calibration"]["val_nll_before"] + 1e-9
+    pruned = keras.saving.load_model(os.path.join(run_dir, "student_pruned.keras"), safe_mode=True)
+    images = _split(16, 7).images.astype(np.float32)
+    logits = keras.ops.convert_to_numpy(pruned(images, training=False))
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits / t, axis=-1))
+    got = TFLiteModel(os.path.join(run_dir, "student_float32.tflite")).predict(images)
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    card = json.loads(_read(run_dir, "model_card.json"))
+    assert card["calibration"]["temperature"] == t
+    for key, name in (("float32", "student_float32.tflite"), ("int8", "student_int8.tflite"),
+                      ("android", "student_android.tflite")):
+        entry = report["checks"][key]
+        assert 0 <= entry["ece"] <= 1 and 0 <= entry["brier"] <= 2 and 0.5 < entry["macro_roc_auc"] <= 1
+        assert set(entry["per_class"][CLASSES[0]]) == {"roc_auc", "pr_auc"}
+        assert 0 < card["ood"][name]["threshold"] <= 1 and card["ood"][name]["method"] == "msp"
+    assert report["checks"]["keras_student"]["ece"] >= 0
 
 
 @pytest.mark.slow

@@ -13,9 +13,13 @@
     model_data.cc/.h         student_int8.tflite as a 16-byte-aligned C array
     micro_op_resolver.h      a C++ function registering exactly the int8 model's operators, and
                              the measured tensor arena size (`deploy.micro.resolver_header`)
-    model_card.json          what a deployer needs: input format, classes, sizes, accuracies
-                             (`deploy.model_card`)
+    model_card.json          what a deployer needs: input format, classes, sizes, accuracies,
+                             the folded temperature, each file's OOD threshold (`deploy.model_card`)
+    reliability_diagram_<float32|int8|android>.png   each model's calibration on the test split
     export_report.json       every stage's figures and checks
+
+The probabilities are calibrated: the temperature fitted on the validation split is folded into
+the last layer (no new operator), and every model's ECE, Brier score and ROC/PR-AUC are reported.
 
 A failed export leaves the earlier export's files as they were and writes its report, with the
 error, to export_failed.json. Each split is decoded and preprocessed once
@@ -38,6 +42,9 @@ import keras
 import numpy as np
 
 from keras_endokd import atomic_files
+from keras_endokd.clinical.calibration import (fit_temperature, fold_temperature,
+                                               negative_log_likelihood, reliability_diagram, softmax)
+from keras_endokd.clinical.ood import DEFAULT_QUANTILE, calibrate_threshold, ood_card, ood_score
 from keras_endokd.data.source import DatasetSource
 from keras_endokd.deploy import micro
 from keras_endokd.deploy.convert import (check_pixel_input, input_quantization,
@@ -225,12 +232,15 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
                                                      skip=prune_report.get("skipped_layers", ()))}
         _log(f"quantization-aware training: {fine_tune_epochs} epochs ({time.time() - t0:.0f}s)")
 
-    # 3. Convert: float32 from the Keras 3 student; integer models from it (or the QAT twin).
+    # 3. Calibrate: the temperature fitted on the validation split, folded into the last layer.
+    report["calibration"], calibrated = _calibrate(pruned, val, qat_model is not None)
+
+    # 4. Convert: float32 from the Keras 3 student; integer models from it (or the QAT twin).
     t0 = time.time()
     _log("converting to TFLite: float32, int8 (choosing per-layer weight scales within the budget), "
          "Android uint8")
     representative = representative_images(train, image_size, representative_count, False, seed)
-    probabilities = probability_model(pruned)
+    probabilities = probability_model(calibrated)
     integer_source = qat_model if qat_model is not None else probabilities
     params = int(sum(np.prod(w.shape) for w in student.trainable_weights))
     meta = dict(labels=source.class_names, name=NAME, description=description(source, params),
@@ -264,11 +274,12 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
         f"{k} {_kb(sizes[TFLITE_FILES[k]]['bytes'])} (gzip {_kb(sizes[TFLITE_FILES[k]]['gzip_bytes'])})"
         for k in models) + f" ({time.time() - t0:.0f}s)")
 
-    # 4. Check every model in LiteRT: scores on the test split, agreement on all splits.
+    # 5. Check every model in LiteRT: scores on the test split, agreement on all splits.
     t0 = time.time()
     agreeing, drawn = agreement_images(splits, seed=seed)
-    checks, failures, passing = check_models(models, pruned, student, qat_model, test, agreeing,
-                                             source.class_names, min_agreement)
+    checks, failures, passing = check_models(models, calibrated, student, qat_model, test, agreeing,
+                                             source.class_names, min_agreement,
+                                             temperature=report["calibration"]["temperature"])
     report["checks"] = checks
     report["agreement_check"] = {"rule": RULE, "min_agreement": min_agreement,
                                  "images": len(agreeing), "images_from": drawn,
@@ -283,8 +294,8 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
         report["failures"] = failures
         return report
 
-    # 5. Write the models, then the microcontroller files (into the staging folder).
-    written = []
+    # 6. Write the models, then the microcontroller files (into the staging folder).
+    written = _clinical_files(out_dir, models, val, test, source.class_names, report)
     if sparsity > 0:
         written.append(atomic_files.save_model(pruned, os.path.join(out_dir, "student_pruned.keras")))
     for key, data in models.items():
@@ -299,7 +310,7 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
     _log(f"micro: {len(m['ops'])} ops, {arena}; targets: arena <= 256 KiB "
          f"{_yes(m['arena_target_met'])}, int8 model <= 64 KB {_yes(m['model_target_met'])}")
 
-    # 6. Model card and report.
+    # 7. Model card and report.
     report["model_card"] = model_card(report, source, params, image_size, crop_border)
     written.append(atomic_files.write_json(os.path.join(out_dir, "model_card.json"),
                                            report["model_card"]))
@@ -308,6 +319,42 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
     report["seconds"] = round(time.time() - start, 1)
     atomic_files.write_json(os.path.join(out_dir, REPORT), report)
     return report
+
+
+def _calibrate(pruned, val, qat: bool):
+    """(export_report's "calibration" entry, the model to convert): `pruned` with the temperature
+    fitted on the validation logits folded into its last layer (Guo et al. 2017), so the shipped
+    models give calibrated probabilities at no cost. Not with QAT: the integer models come from
+    the QAT twin, whose fake-quantized last layer a scaling would not reach."""
+    logits = batched(inference(pruned), val.images)
+    t = fit_temperature(logits, val.labels) if len(val) else 1.0
+    entry = {"fitted_on": f"the validation split ({len(val)} images), the pruned model's logits",
+             "val_nll_before": negative_log_likelihood(softmax(logits), val.labels),
+             "val_nll_after": negative_log_likelihood(softmax(logits, t), val.labels)}
+    if qat:
+        return {**entry, "temperature": 1.0, "fitted_temperature": t,
+                "folded": "no: the integer models are converted from the QAT model"}, pruned
+    _log(f"temperature {t:.3f} fitted on {len(val)} validation images (NLL "
+         f"{entry['val_nll_before']:.3f} -> {entry['val_nll_after']:.3f}), folded into the logits layer")
+    return {**entry, "temperature": t, "folded": "into the logits layer's kernel and bias"}, \
+        fold_temperature(pruned, t)
+
+
+def _clinical_files(out_dir, models: dict, val, test, class_names, report) -> list:
+    """Each model's reliability diagram (test split) and its out-of-distribution threshold,
+    calibrated on its own validation probabilities (an int8 output moves in steps of 1/256):
+    the model card's `ood` entry, per file. Returns the PNGs written."""
+    written, report["ood"] = [], {}
+    for key, data in models.items():
+        model = TFLiteModel(data)
+        test_probabilities = batched(model.predict, test.images)
+        written.append(reliability_diagram(
+            test_probabilities, test.labels, os.path.join(out_dir, f"reliability_diagram_{key}.png"),
+            title=f"{TFLITE_FILES[key]}, test split"))
+        scores = ood_score("msp", probabilities=batched(model.predict, val.images))
+        report["ood"][TFLITE_FILES[key]] = ood_card("msp", calibrate_threshold(scores), DEFAULT_QUANTILE,
+                                                    scores)
+    return written
 
 
 def _int8_model(model, representative, per_tensor: bool, max_bytes: int):

@@ -27,6 +27,8 @@ import math
 import numpy as np
 
 from keras_endokd.classification_metrics import classification_metrics
+from keras_endokd.clinical.calibration import expected_calibration_error, softmax
+from keras_endokd.clinical.probability_metrics import add_probability_metrics
 from keras_endokd.deploy import micro
 from keras_endokd.deploy.litert import TFLiteModel, op_names, tensor_types
 
@@ -129,7 +131,7 @@ def _agreement_entry(probabilities, reference, keras_top1) -> dict:
 
 
 def check_models(models: dict, pruned, student, qat_model, test, agreement_images,
-                 class_names, min_agreement: float) -> tuple:
+                 class_names, min_agreement: float, temperature: float = 1.0) -> tuple:
     """Runs every check on `models` ({"float32" | "int8" | "android": .tflite bytes}).
 
     Args:
@@ -138,6 +140,10 @@ def check_models(models: dict, pruned, student, qat_model, test, agreement_image
       qat_model: the tf_keras QAT model the integer models were converted from, or None.
       test: the test split with its images in memory (uint8 [N, S, S, 3]): accuracy and scores.
       agreement_images: uint8 [n, S, S, 3], the images agreement is measured on.
+      temperature: the one folded into `pruned` (and the .tflite models): each model's
+        probability metrics (ECE, Brier, ROC/PR-AUC) are reported as shipped, and
+        `ece_without_temperature` from softmax(T log p), what the model gave before the fold
+        (exact for float outputs; for 8-bit outputs an estimate).
 
     Returns (checks, failures, suggested_min_agreement): checks maps each model to its test
     scores (and, for the .tflite models, its agreement figures); failures holds one line per
@@ -155,8 +161,10 @@ def check_models(models: dict, pruned, student, qat_model, test, agreement_image
     student_test, _ = run(inference(student))
     pruned_test, pruned_agreement = run(inference(pruned))
     keras_top1 = top1(pruned_agreement)
-    checks = {"keras_student": scores(labels, top1(student_test), class_names),
-              "keras_pruned": scores(labels, top1(pruned_test), class_names)}
+    checks = {"keras_student": add_probability_metrics(scores(labels, top1(student_test), class_names),
+                                                       softmax(student_test), labels, class_names),
+              "keras_pruned": add_probability_metrics(scores(labels, top1(pruned_test), class_names),
+                                                      softmax(pruned_test), labels, class_names)}
     qat_top1 = None
     if qat_model is not None:
         qat_test, qat_agreement = run(inference(qat_model))
@@ -166,7 +174,10 @@ def check_models(models: dict, pruned, student, qat_model, test, agreement_image
     for key, data in models.items():
         test_probabilities, probabilities = run(TFLiteModel(data).predict)
         use_qat = qat_top1 is not None and key != "float32"
-        entry = scores(labels, top1(test_probabilities), class_names)
+        entry = add_probability_metrics(scores(labels, top1(test_probabilities), class_names),
+                                        test_probabilities, labels, class_names)
+        entry["ece_without_temperature"] = expected_calibration_error(
+            softmax(temperature * np.log(np.clip(test_probabilities, 1e-7, 1.0))), labels)
         entry.update(_agreement_entry(probabilities, qat_top1 if use_qat else keras_top1,
                                       keras_top1))
         entry["agreement_with"] = "qat" if use_qat else "keras_pruned"

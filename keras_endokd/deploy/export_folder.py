@@ -28,7 +28,8 @@ FAILED_REPORT = "export_failed.json"
 DEPLOYMENT_FILES = (
     "student_pruned.keras", "student_float32.tflite", "student_int8.tflite",
     "student_android.tflite", "labels.txt", "model_data.cc", "model_data.h",
-    "micro_op_resolver.h", "model_card.json", REPORT,
+    "micro_op_resolver.h", "model_card.json", "reliability_diagram_float32.png",
+    "reliability_diagram_int8.png", "reliability_diagram_android.png", REPORT,
 )
 _STAGING_PREFIX = ".export-staging-"
 

@@ -47,7 +47,7 @@ def model_card(report: dict, source: DatasetSource, params: int, image_size: int
     """The card, from export_report.json's "checks", "conversion", "prune", "micro" entries."""
     checks, conv = report["checks"], report["conversion"]
     sp = report["prune"]["sparsity"]
-    accuracies = {k: {m: v[m] for m in ("accuracy", "macro_f1", "mcc")}
+    accuracies = {k: {m: v[m] for m in ("accuracy", "macro_f1", "mcc", "ece", "macro_roc_auc") if m in v}
                   | ({"agreement": v["agreement"]} if "agreement" in v else {})
                   for k, v in checks.items()}
     return {
@@ -74,6 +74,8 @@ def model_card(report: dict, source: DatasetSource, params: int, image_size: int
         "files": conv["sizes"],
         "test_metrics": accuracies,
         "dataset": report["dataset"],
+        "calibration": {k: report["calibration"][k] for k in ("temperature", "folded", "fitted_on")},
+        "ood": report.get("ood", {}),
         "microcontroller": {k: report["micro"][k] for k in ("arena_used_bytes",
                             "arena_size_recommended", "arena_target_met", "model_target_met")},
         "command": report["command"],
