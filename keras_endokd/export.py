@@ -156,11 +156,15 @@ def export(argv) -> dict:
     log(f"export {run_dir}: dataset {source.name}; " + ", ".join(
         f"{name} {value} ({origin})" for name, (value, origin) in settings.items()))
     teachers, _ = obtain_teachers(cfg, source, make_datasets(cfg, source))
-    return export_student(
+    report = export_student(
         run_dir, student, source, teachers, image_size=cfg.image_size,
         temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size,
         crop_border=cfg.crop_border, command=" ".join(["python -m keras_endokd.export", *argv[1:]]),
         **{name: value for name, (value, _) in settings.items()})
+    from keras_endokd.clinical.html_report import write_report
+
+    log(f"report: {write_report(run_dir)}")  # the page shows the new deployment
+    return report
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import keras
 import numpy as np
 
+from keras_endokd import run_folder
 from keras_endokd.data.tf_datasets import make_dataset
 from keras_endokd.data.source import DatasetSource
 from keras_endokd.models.teachers import DEFAULT_TEACHERS
@@ -104,10 +105,7 @@ def load_config(run_dir: str) -> RunConfig:
     raw["teachers"] = tuple(raw.get("teachers", DEFAULT_TEACHERS))
     for key in ("teacher_taps", "student_taps"):
         raw[key] = None if raw.get(key) is None else tuple(raw[key])
-    if "ce_weight" in raw:  # a run from before student_loss_weight: a * CE + terms, proportional to
-        a = raw.pop("ce_weight")  # w * CE + (1 - w) * terms with w = a / (1 + a)
-        raw.setdefault("student_loss_weight", a / (1.0 + a))
-    return RunConfig(**raw)
+    return RunConfig(**run_folder.upgraded(raw))
 
 
 def make_datasets(cfg: RunConfig, source: DatasetSource) -> dict:

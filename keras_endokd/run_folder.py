@@ -108,7 +108,18 @@ def _stored_config(run_dir: str, defaults: Optional[dict]) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return {**json.loads(json.dumps(defaults or {})), **json.load(f)}
+        return {**json.loads(json.dumps(defaults or {})), **upgraded(json.load(f))}
+
+
+def upgraded(stored: dict) -> dict:
+    """A stored config.json with renamed settings under their current names, in place.
+
+    `ce_weight` a (objective a * CE + terms) is proportional to `student_loss_weight` w = a / (1 + a)
+    (objective w * CE + (1 - w) * terms)."""
+    if "ce_weight" in stored:
+        a = stored.pop("ce_weight")
+        stored.setdefault("student_loss_weight", a / (1.0 + a))
+    return stored
 
 
 def _check_resumable(run_dir: str, config: dict, defaults: Optional[dict]) -> None:

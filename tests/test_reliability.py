@@ -68,6 +68,13 @@ def test_resume_needs_a_run_with_the_same_settings(tmp_path):
         run_folder.claim(str(tmp_path), {}, resume=True, overwrite=True)
 
 
+def test_a_run_stored_with_the_legacy_ce_weight_resumes_as_its_student_loss_weight(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"kd": "none", "ce_weight": 1.0}))
+    assert run_folder.changed_settings(str(tmp_path), {"kd": "none", "student_loss_weight": 0.5}) == []
+    assert run_folder.changed_settings(str(tmp_path), {"kd": "none", "student_loss_weight": 0.8}) == [
+        "student_loss_weight"]
+
+
 # --- NaN ---------------------------------------------------------------------------------------
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -48,6 +48,7 @@ from keras_endokd.data.tf_datasets import AUTOTUNE, image_dataset
 from keras_endokd.data.source import Split
 from keras_endokd.deploy.twin import to_keras, to_tf_keras
 from keras_endokd.distill.response import soft_kl
+from keras_endokd.models.taps import as_logits, ends_in_softmax
 
 DEFAULT_SKIP = ("stem_conv", "block1_dw")
 _PRUNABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -131,11 +132,15 @@ def _batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
 
 def teacher_logits(teachers: Sequence[keras.Model], split: Split,
                    batch_size: int = 64) -> Optional[np.ndarray]:
-    """Mean logits of the Keras 3 teachers over `split`'s images, in order: [N, C], or None."""
+    """Mean logits of the Keras 3 teachers over `split`'s images, in order: [N, C], or None.
+
+    A teacher ending in a softmax gives log-probabilities: logits up to a per-image constant,
+    which softmax(. / T) cancels (`models.taps.as_logits`)."""
     if not teachers:
         return None
     images = _batches(_pixels(split), batch_size)
-    return np.mean([t.predict(images, verbose=0) for t in teachers], axis=0).astype(np.float32)
+    return np.mean([np.asarray(as_logits(t.predict(images, verbose=0), ends_in_softmax(t)))
+                    for t in teachers], axis=0).astype(np.float32)
 
 
 def accuracy(model: keras.Model, split: Split, batch_size: int = 64) -> float:
