@@ -68,6 +68,13 @@ def test_fit_temperature_recovers_a_known_temperature_and_lowers_the_nll():
     assert np.array_equal(raw.argmax(1), scaled.argmax(1))
 
 
+def test_too_few_validation_frames_fit_no_temperature():
+    val_logits, val_labels = _overconfident_logits(calibration.MIN_FIT_IMAGES - 1, seed=0)
+    assert calibration.fit_temperature(val_logits, val_labels) == 1.0
+    more_logits, more_labels = _overconfident_logits(calibration.MIN_FIT_IMAGES, seed=0)
+    assert calibration.fit_temperature(more_logits, more_labels) > 1.5
+
+
 def test_fit_temperature_of_a_calibrated_model_is_near_one():
     logits, labels = _overconfident_logits(20000, true_t=1.0, seed=2)
     assert calibration.fit_temperature(logits, labels) == pytest.approx(1.0, rel=0.05)

@@ -59,7 +59,8 @@ def clinical_outputs(student, val: Tuple[np.ndarray, np.ndarray], test: Tuple[np
     t = calibration.fit_temperature(val_logits, val_labels)
     raw, calibrated = calibration.softmax(test_logits), calibration.softmax(test_logits, t)
     cal = {
-        "temperature": t, "fitted_on": "val",
+        "temperature": t, "fitted_on": "val" if len(val_labels) >= calibration.MIN_FIT_IMAGES
+        else f"not fitted: {len(val_labels)} validation images (under {calibration.MIN_FIT_IMAGES})",
         "val_nll_before": calibration.negative_log_likelihood(calibration.softmax(val_logits), val_labels),
         "val_nll_after": calibration.negative_log_likelihood(calibration.softmax(val_logits, t), val_labels),
         "before": calibration.calibration_block(raw, test_labels),

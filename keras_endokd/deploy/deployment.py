@@ -42,7 +42,7 @@ import keras
 import numpy as np
 
 from keras_endokd import atomic_files
-from keras_endokd.clinical.calibration import (fit_temperature, fold_temperature,
+from keras_endokd.clinical.calibration import (MIN_FIT_IMAGES, fit_temperature, fold_temperature,
                                                negative_log_likelihood, reliability_diagram, softmax)
 from keras_endokd.clinical.ood import DEFAULT_QUANTILE, calibrate_threshold, ood_card, ood_score
 from keras_endokd.data.source import DatasetSource
@@ -327,8 +327,9 @@ def _calibrate(pruned, val, qat: bool):
     models give calibrated probabilities at no cost. Not with QAT: the integer models come from
     the QAT twin, whose fake-quantized last layer a scaling would not reach."""
     logits = batched(inference(pruned), val.images)
-    t = fit_temperature(logits, val.labels) if len(val) else 1.0
-    entry = {"fitted_on": f"the validation split ({len(val)} images), the pruned model's logits",
+    t = fit_temperature(logits, val.labels)
+    entry = {"fitted_on": f"the validation split ({len(val)} images), the pruned model's logits"
+             + ("" if len(val) >= MIN_FIT_IMAGES else f": too few to fit (under {MIN_FIT_IMAGES}), T = 1"),
              "val_nll_before": negative_log_likelihood(softmax(logits), val.labels),
              "val_nll_after": negative_log_likelihood(softmax(logits, t), val.labels)}
     if qat:
