@@ -161,9 +161,10 @@ def export(argv) -> dict:
         temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size,
         crop_border=cfg.crop_border, command=" ".join(["python -m keras_endokd.export", *argv[1:]]),
         **{name: value for name, (value, _) in settings.items()})
-    from keras_endokd.clinical.html_report import write_report
+    if os.path.isfile(os.path.join(run_dir, "metrics.json")):  # the run's page shows the new deployment
+        from keras_endokd.clinical.html_report import write_report
 
-    log(f"report: {write_report(run_dir)}")  # the page shows the new deployment
+        log(f"report: {write_report(run_dir)}")
     return report
 
 
