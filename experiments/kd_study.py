@@ -186,7 +186,8 @@ class Study:
             teacher_seed=self.teacher_seed, output_dir=self.run_dir(method, seed, fold),
             teacher_cache="disk", cache_all_taps=True, teacher_views=self.teacher_views,
             train_inputs=method.inputs, export=seed in self.export_seeds and method in MAIN_METHODS,
-            min_agreement=0.0, deterministic=self.deterministic, verbose=self.verbose)
+            min_agreement=0.0, deterministic=self.deterministic, verbose=self.verbose,
+            report=False)  # the study reports across runs (results.md); a run's own figures are not read
 
 
 def log(message: str) -> None:

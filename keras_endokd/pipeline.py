@@ -86,7 +86,7 @@ def run(cfg: RunConfig) -> dict:
     metrics["protocol"] = protocol(cfg, training.pop("input_stream_sha256"))
     metrics["training"] = training
     clinical = clinical_outputs(student, *(split_arrays(source.splits[s], cfg) for s in ("val", "test")),
-                                source.class_names, run_dir)
+                                source.class_names, run_dir, plots=cfg.report)
     merge_probability_metrics(metrics["student"], clinical["student"])
     metrics["calibration"], metrics["ood"] = clinical["calibration"], clinical["ood"]
     atomic_files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
@@ -105,7 +105,7 @@ def run(cfg: RunConfig) -> dict:
                        temperature=cfg.temperature, seed=cfg.seed,
                        batch_size=cfg.batch_size, crop_border=cfg.crop_border,
                        min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
-    if chief:
+    if chief and cfg.report:
         write_report(run_dir)
     log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")
     if chief:

@@ -77,6 +77,8 @@ class RunConfig:
     # with different --kd (a study's methods), at the cost of storing taps some runs never use.
     cache_all_taps: bool = False
     export: bool = True
+    # The figures and report.html (the metrics are computed either way).
+    report: bool = True
     sparsity: float = 0.5
     per_tensor: bool = False  # integer models with one weight scale per tensor (export)
     # Flash budget of the int8 model: per-channel scales only where they fit (export; 0: none).

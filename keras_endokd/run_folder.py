@@ -29,7 +29,7 @@ RUN_OUTPUTS = (
     "reliability_diagram_int8.png", "reliability_diagram_android.png",
 )
 # Settings that say how a run is invoked, not what it computes: they may differ on --resume.
-INVOCATION_KEYS = ("resume", "overwrite", "verbose", "export")
+INVOCATION_KEYS = ("resume", "overwrite", "verbose", "export", "report")
 
 
 class RunFolderError(ValueError):

@@ -89,6 +89,8 @@ flags.DEFINE_boolean("shipped_teachers", True, "Use the default teachers shipped
                      "default); --noshipped_teachers trains them here.", **_F)
 flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image in the teacher cache.", **_F)
 flags.DEFINE_boolean("export", True, "Prune, quantize and convert the student to TFLite at the end.", **_F)
+flags.DEFINE_boolean("report", True, "Write the figures (reliability, ROC/PR, Grad-CAM) and report.html; "
+                     "--noreport keeps every metric and skips the drawing.", **_F)
 flags.DEFINE_float("sparsity", 0.5, "Target pruning sparsity of the export, in [0, 1).", **_F)
 flags.DEFINE_boolean("per_tensor", False, "One weight scale per tensor in the exported integer models "
                      "instead of one per output channel: the int8 student fits a 64 KB flash budget "
@@ -356,7 +358,8 @@ def config_from_flags():
         learning_rate=FLAGS.learning_rate, teacher_learning_rate=FLAGS.teacher_learning_rate,
         temperature=FLAGS.temperature, loss_weights=loss_weights,
         **distill_flags.config_fields(FLAGS, names, teachers),
-        seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, sparsity=FLAGS.sparsity,
+        seed=FLAGS.seed, output_dir=FLAGS.output_dir, export=FLAGS.export, report=FLAGS.report,
+        sparsity=FLAGS.sparsity,
         per_tensor=FLAGS.per_tensor, int8_max_bytes=FLAGS.int8_max_bytes,
         teacher_cache=FLAGS.teacher_cache, teacher_views=FLAGS.teacher_views,
         train_inputs=FLAGS.train_inputs, shipped_teachers=FLAGS.shipped_teachers,

@@ -40,7 +40,7 @@ def predict_logits(model, images, batch_size: int = 64) -> np.ndarray:
 def clinical_outputs(student, val: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
                      class_names: Sequence[str], run_dir: str, ood_method: str = "msp",
                      ood_quantile: float = ood.DEFAULT_QUANTILE, explain: bool = True,
-                     batch_size: int = 64) -> dict:
+                     batch_size: int = 64, plots: bool = True) -> dict:
     """Writes the PNGs into `run_dir` and returns the metrics.json entries:
 
         {"student": probability_metrics of the test split at T = 1 (merge into "student" with
@@ -50,7 +50,8 @@ def clinical_outputs(student, val: Tuple[np.ndarray, np.ndarray], test: Tuple[np
          "ood": ood.ood_card(...) plus "test_flagged" (share of test frames flagged),
          "files": the PNG names written}
 
-    val, test: (uint8 images [N, H, W, 3], int labels [N]).
+    val, test: (uint8 images [N, H, W, 3], int labels [N]). plots=False computes every figure
+    and writes no PNG.
     """
     val_images, val_labels = val
     test_images, test_labels = test
@@ -66,7 +67,7 @@ def clinical_outputs(student, val: Tuple[np.ndarray, np.ndarray], test: Tuple[np
         "before": calibration.calibration_block(raw, test_labels),
         "after": calibration.calibration_block(calibrated, test_labels),
     }
-    files = [
+    files = [] if not plots else [
         calibration.reliability_diagram(raw, test_labels, os.path.join(run_dir, RELIABILITY_PNG),
                                         title="Keras student, test split, as saved"),
         calibration.reliability_diagram(calibrated, test_labels,
@@ -82,7 +83,7 @@ def clinical_outputs(student, val: Tuple[np.ndarray, np.ndarray], test: Tuple[np
     card["temperature"] = t
     test_scores = ood.ood_score(ood_method, logits=test_logits / t)
     card["test_flagged"] = float(np.mean(ood.flag(test_scores, threshold))) if len(test_scores) else None
-    if explain and len(test_images):
+    if plots and explain and len(test_images):
         gradcam.explain_examples(student, test_images, test_labels, class_names,
                                  os.path.join(run_dir, EXPLANATIONS_PNG), batch_size=batch_size,
                                  title="Keras student, test split", logits=test_logits)

@@ -1,0 +1,101 @@
+"""python -m experiments.schedule_study: does the distillation gain grow with a longer schedule?
+
+Beyer et al. 2022 ("Knowledge distillation: a good teacher is patient and consistent") find that
+distillation gains grow with the number of epochs, while a student trained alone stops improving
+(or overfits). With the teacher cache an epoch of distillation costs about what an epoch of the
+student alone costs, so a longer schedule is affordable. This script measures it on the embedded
+data: the student alone and the headline (relation, attention fusion) over `--seeds`, at each
+schedule of `--epochs_grid`, every arm of a seed on the same input stream (the study's protocol,
+experiments/README.md), paired by seed at each schedule.
+
+It reuses experiments.kd_study's run settings and resume logic: finished runs in
+`--output_dir/runs/` are reused, interrupted ones resumed.
+
+    python -m experiments.schedule_study [--epochs_grid=20,40] [--seeds=0,1,2]
+
+Prints a Markdown table and writes `--output_dir/schedule.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from keras_endokd.cli import UsageError, fail, parse_flags  # noqa: E402
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_list("epochs_grid", ["20", "40"], "Student schedules (epochs) to compare.", flag_values=FLAGS)
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", "runs/schedule_study", "Study folder.", flag_values=FLAGS)
+flags.DEFINE_string("teacher_dir", None, "Teachers and caches (default OUTPUT_DIR/teachers).",
+                    flag_values=FLAGS)
+
+
+def main(argv=None) -> int:
+    _, code = parse_flags(FLAGS, argv, __doc__)
+    if code is not None:
+        return code
+    try:
+        grid = [int(v) for v in FLAGS.epochs_grid]
+        seeds = [int(v) for v in FLAGS.seeds]
+        if not grid or min(grid) < 1 or not seeds:
+            raise ValueError("need at least one schedule of >= 1 epoch and one seed")
+    except ValueError as err:
+        return fail(UsageError(f"--epochs_grid and --seeds take comma-separated integers: {err}"))
+
+    import keras
+
+    from experiments.kd_study import Study, prepare
+    from experiments.kd_study_report import paired
+    from experiments.study_methods import HEADLINE, Method
+    from keras_endokd import atomic_files
+    from keras_endokd.pipeline import run
+
+    alone = Method("none")
+    results = {}
+    for epochs in grid:
+        study = Study(dataset="synthetic", data_dir=None, split_file=None, folds=[0], crop_border=False,
+                      seeds=seeds, ablation_seeds=[], epochs=epochs, teacher_epochs=24,
+                      teachers=["mobile_x3", "mobile_x2"], image_size=128, batch_size=32, teacher_views=4,
+                      data_seed=0, teacher_seed=0, heads_grid=[4], temperature_grid=[4.0],
+                      temperature_kd="relation", latency_runs=1, representative=256,
+                      output_dir=os.path.join(FLAGS.output_dir, f"epochs{epochs}"),
+                      teacher_dir=FLAGS.teacher_dir or os.path.join(FLAGS.output_dir, "teachers"),
+                      verbose=0, quick=False, keep_caches=True)
+        for method in (alone, HEADLINE):
+            for seed in seeds:
+                cfg, metrics = prepare(study.run_config(method, seed, 0))
+                if metrics is None:
+                    keras.backend.clear_session()
+                    metrics = run(dataclasses.replace(cfg, export=False))
+                results.setdefault(epochs, {}).setdefault(method.name, {})[seed] = {
+                    "test": metrics["student"]["accuracy"], "val": metrics["student"]["val_accuracy"]}
+                print(f"[schedule] {epochs} epochs, {method.name}, seed {seed}: test "
+                      f"{metrics['student']['accuracy']:.3f}", flush=True)
+    summary = {}
+    lines = ["| epochs | student alone, % | relation (attention), % | paired gain, points (95% CI; wins) |",
+             "|---|---|---|---|"]
+    for epochs, arms in results.items():
+        a = {s: v["test"] for s, v in arms[HEADLINE.name].items()}
+        b = {s: v["test"] for s, v in arms[alone.name].items()}
+        p = paired(a, b)
+        summary[epochs] = {"alone": b, "relation_attention": a, "paired": p}
+        ci = "n/a" if p["gain_ci95"] is None else f"[{p['gain_ci95'][0]:+.1f}, {p['gain_ci95'][1]:+.1f}]"
+
+        def mean(d):
+            return 100 * sum(d.values()) / len(d)
+
+        lines.append(f"| {epochs} | {mean(b):.1f} | {mean(a):.1f} | {p['gain_mean']:+.1f} {ci}; "
+                     f"{p['wins']}/{p['n']} |")
+    atomic_files.write_json(os.path.join(FLAGS.output_dir, "schedule.json"), summary)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
