@@ -54,12 +54,12 @@ import gzip
 import json
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from keras_endokd.deploy.litert import latency_ms  # noqa: E402
 
 REPO_TFLITE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tflite")
 
@@ -138,28 +138,6 @@ def model_macs(model) -> int:
         positions = math.prod(int(d) for d in out[:-1])      # Dense: units_in, units_out
         total += positions * math.prod(kernel)
     return int(total)
-
-
-def latency_ms(model_bytes, num_threads, runs, warmup=20, seed=0):
-    """Median milliseconds of one `invoke()` at batch 1, after `warmup` untimed invokes."""
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-
-    from keras_endokd.deploy.litert import quantize_input
-
-    interp = Interpreter(model_content=model_bytes, num_threads=num_threads)
-    interp.allocate_tensors()
-    detail = interp.get_input_details()[0]
-    image = np.random.default_rng(seed).uniform(0, 255, detail["shape"]).astype(np.float32)
-    interp.set_tensor(detail["index"], quantize_input(image, detail))  # once: invoke only
-    for _ in range(warmup):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interp.invoke()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
 
 
 def calibration_images(image_size, count=16, seed=0, channels=3):

@@ -25,7 +25,7 @@ How, and why:
 - the main runs of `--export_seeds` are exported (pruned int8, checked in LiteRT) for their int8
   accuracy; the others skip the export. Every student row has the same architecture, so its
   int8 size and latency are measured once: the first seed's headline student, converted to full-int8 TFLite
-  with representative training images, timed with experiments.bench_infer's `latency_ms` (median
+  with representative training images, timed with `keras_endokd.deploy.litert.latency_ms` (median
   `invoke()` at batch 1, 1 thread). Each teacher is measured the same way (float32 if its int8
   conversion fails; the table says which).
 - resumable: a run folder whose config.json matches and that holds metrics.json is reused; one
@@ -320,7 +320,7 @@ def measure_deploy(study: Study, models: dict, source) -> dict:
     files are kept in OUTPUT_DIR/deploy and reused while their `.keras` is unchanged."""
     import keras
 
-    from experiments.bench_infer import latency_ms
+    from keras_endokd.deploy.litert import latency_ms
     from keras_endokd import atomic_files
     from keras_endokd.deploy.convert import probability_model, to_tflite
     from keras_endokd.deploy.quantize import representative_images

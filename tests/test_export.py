@@ -195,6 +195,9 @@ def test_the_exports_are_calibrated_and_scored_like_the_student(exported):
         assert set(entry["per_class"][CLASSES[0]]) == {"roc_auc", "pr_auc"}
         assert 0 < card["ood"][name]["threshold"] <= 1 and card["ood"][name]["method"] == "msp"
     assert report["checks"]["keras_student"]["ece"] >= 0
+    assert set(report["latency"]) == {f"{k}_ms_{n}" for k in ("float32", "int8", "android")
+                                      for n in ("1_thread", "2_threads")}
+    assert all(0 < ms < 1000 for ms in report["latency"].values())
 
 
 @pytest.mark.slow

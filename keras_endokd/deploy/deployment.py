@@ -54,7 +54,7 @@ from keras_endokd.deploy.export_checks import (DEFAULT_MIN_AGREEMENT, RULE, TFLI
 from keras_endokd.deploy.export_folder import REPORT, publish, record_failure, staging_folder
 from keras_endokd.deploy.export_images import agreement_images, preprocessed_splits
 from keras_endokd.deploy.granularity import choose_per_channel_layers
-from keras_endokd.deploy.litert import TFLiteModel, op_names, tensor_types
+from keras_endokd.deploy.litert import TFLiteModel, latency_ms, op_names, tensor_types
 from keras_endokd.deploy.metadata import write_metadata
 from keras_endokd.deploy.model_card import (LICENSE, NAME, dataset_summary, description,
                                             model_card, version)
@@ -293,6 +293,10 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
     if failures:
         report["failures"] = failures
         return report
+    # Median invoke() at batch 1 in LiteRT on this machine's CPU (experiments/bench_infer.py
+    # measures it properly, against reference models): one thread, then two.
+    report["latency"] = {f"{key}_ms_{n}_thread{'s' if n > 1 else ''}": round(latency_ms(data, n, runs=50), 3)
+                         for key, data in models.items() for n in (1, 2)}
 
     # 6. Write the models, then the microcontroller files (into the staging folder).
     written = _clinical_files(out_dir, models, val, test, source.class_names, report)
