@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from keras_endokd.console import progress
 from keras_endokd.data.tf_datasets import AUTOTUNE, image_dataset
 from keras_endokd.data.source import Split
 from keras_endokd.deploy.twin import to_keras, to_tf_keras
@@ -128,6 +129,17 @@ def _batches(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """float32 [B, S, S, 3] batches of uint8 `images`, in order."""
     return (tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
             .map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE))
+
+
+def progress_callback(bar):
+    """A tf_keras callback that counts each training batch on a `console.Progress` bar."""
+    import tf_keras
+
+    class _Steps(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            bar.update()
+
+    return _Steps()
 
 
 def teacher_logits(teachers: Sequence[keras.Model], split: Split,
@@ -304,8 +316,9 @@ def prune_student(
     pruned.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
                    loss=distillation_loss(temperature, teacher_logits is not None))
     data = fine_tune_batches(train.images, targets, batch_size, seed)
-    pruned.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    with progress(epochs * steps, "fine-tuning the pruned student (steps)") as bar:
+        pruned.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
+                   callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), progress_callback(bar)])
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     result = to_keras(stripped, student)
     recalibrate_batchnorm(result, calibration_images(train, seed=seed), batch_size)

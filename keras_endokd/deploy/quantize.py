@@ -22,9 +22,10 @@ import keras
 import numpy as np
 import tf_keras
 
+from keras_endokd.console import progress
 from keras_endokd.data.tf_datasets import image_dataset
 from keras_endokd.data.source import Split
-from keras_endokd.deploy.prune import distillation_loss, fine_tune_dataset, fine_tune_targets
+from keras_endokd.deploy.prune import distillation_loss, fine_tune_dataset, fine_tune_targets, progress_callback
 from keras_endokd.deploy.twin import to_tf_keras
 
 MIN_REPRESENTATIVE = 100
@@ -160,8 +161,10 @@ def quantization_aware_training(
     data = fine_tune_dataset(train, fine_tune_targets(train.labels, teacher_logits), image_size,
                              crop_border, batch_size, seed)
     callbacks = [_keep_zeros(student, qat)[0]] if prune_preserve else []
-    qat.fit(data, epochs=epochs, steps_per_epoch=max(1, -(-len(train) // batch_size)),
-            callbacks=callbacks, verbose=verbose)
+    steps = max(1, -(-len(train) // batch_size))
+    with progress(epochs * steps, "quantization-aware training (steps)") as bar:
+        qat.fit(data, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks + [progress_callback(bar)],
+                verbose=verbose)
     _pin_input_range(qat)
     probabilities = tf_keras.layers.Softmax(name="probability")(qat.output)
     return tf_keras.Model(qat.input, probabilities, name=f"{student.name}_qat")
