@@ -42,13 +42,11 @@ import keras
 import numpy as np
 
 from keras_endokd import atomic_files
-from keras_endokd.clinical.calibration import (MIN_FIT_IMAGES, fit_temperature, fold_temperature,
-                                               negative_log_likelihood, reliability_diagram, softmax)
-from keras_endokd.clinical.ood import DEFAULT_QUANTILE, calibrate_threshold, ood_card, ood_score
 from keras_endokd.data.source import DatasetSource
 from keras_endokd.deploy import micro
 from keras_endokd.deploy.convert import (check_pixel_input, input_quantization,
                                          probability_model, strip_strings, to_tflite)
+from keras_endokd.deploy.export_calibration import calibrate, calibration_files
 from keras_endokd.deploy.export_checks import (DEFAULT_MIN_AGREEMENT, RULE, TFLITE_FILES,
                                                ExportCheckError, batched, check_models, inference)
 from keras_endokd.deploy.export_folder import REPORT, publish, record_failure, staging_folder
@@ -233,7 +231,7 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
         _log(f"quantization-aware training: {fine_tune_epochs} epochs ({time.time() - t0:.0f}s)")
 
     # 3. Calibrate: the temperature fitted on the validation split, folded into the last layer.
-    report["calibration"], calibrated = _calibrate(pruned, val, qat_model is not None)
+    report["calibration"], calibrated = calibrate(pruned, val, qat_model is not None)
 
     # 4. Convert: float32 from the Keras 3 student; integer models from it (or the QAT twin).
     t0 = time.time()
@@ -299,7 +297,7 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
                          for key, data in models.items() for n in (1, 2)}
 
     # 6. Write the models, then the microcontroller files (into the staging folder).
-    written = _clinical_files(out_dir, models, val, test, source.class_names, report)
+    written, report["ood"] = calibration_files(out_dir, models, val, test)
     if sparsity > 0:
         written.append(atomic_files.save_model(pruned, os.path.join(out_dir, "student_pruned.keras")))
     for key, data in models.items():
@@ -323,43 +321,6 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
     report["seconds"] = round(time.time() - start, 1)
     atomic_files.write_json(os.path.join(out_dir, REPORT), report)
     return report
-
-
-def _calibrate(pruned, val, qat: bool):
-    """(export_report's "calibration" entry, the model to convert): `pruned` with the temperature
-    fitted on the validation logits folded into its last layer (Guo et al. 2017), so the shipped
-    models give calibrated probabilities at no cost. Not with QAT: the integer models come from
-    the QAT twin, whose fake-quantized last layer a scaling would not reach."""
-    logits = batched(inference(pruned), val.images)
-    t = fit_temperature(logits, val.labels)
-    entry = {"fitted_on": f"the validation split ({len(val)} images), the pruned model's logits"
-             + ("" if len(val) >= MIN_FIT_IMAGES else f": too few to fit (under {MIN_FIT_IMAGES}), T = 1"),
-             "val_nll_before": negative_log_likelihood(softmax(logits), val.labels),
-             "val_nll_after": negative_log_likelihood(softmax(logits, t), val.labels)}
-    if qat:
-        return {**entry, "temperature": 1.0, "fitted_temperature": t,
-                "folded": "no: the integer models are converted from the QAT model"}, pruned
-    _log(f"temperature {t:.3f} fitted on {len(val)} validation images (NLL "
-         f"{entry['val_nll_before']:.3f} -> {entry['val_nll_after']:.3f}), folded into the logits layer")
-    return {**entry, "temperature": t, "folded": "into the logits layer's kernel and bias"}, \
-        fold_temperature(pruned, t)
-
-
-def _clinical_files(out_dir, models: dict, val, test, class_names, report) -> list:
-    """Each model's reliability diagram (test split) and its out-of-distribution threshold,
-    calibrated on its own validation probabilities (an int8 output moves in steps of 1/256):
-    the model card's `ood` entry, per file. Returns the PNGs written."""
-    written, report["ood"] = [], {}
-    for key, data in models.items():
-        model = TFLiteModel(data)
-        test_probabilities = batched(model.predict, test.images)
-        written.append(reliability_diagram(
-            test_probabilities, test.labels, os.path.join(out_dir, f"reliability_diagram_{key}.png"),
-            title=f"{TFLITE_FILES[key]}, test split"))
-        scores = ood_score("msp", probabilities=batched(model.predict, val.images))
-        report["ood"][TFLITE_FILES[key]] = ood_card("msp", calibrate_threshold(scores), DEFAULT_QUANTILE,
-                                                    scores)
-    return written
 
 
 def _int8_model(model, representative, per_tensor: bool, max_bytes: int):
