@@ -131,7 +131,7 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     assert summary["reused_runs"] == 0 and summary["fresh_runs"] == summary["runs"] == len(MAIN_METHODS) + len(OTHER_METHODS) + len(RECIPE_ABLATIONS) + 2
     assert set(summary["paired_vs_none"]) == {m.name for m in MAIN_METHODS} - {summary["baseline"]}
     # Runs of a study compute every metric but draw no figure of their own (report=False).
-    run = out / "runs" / f"{HEADLINE.name}-seed1"
+    run = out / "runs" / f"{HEADLINE.name}-seed0"
     assert "ece" in json.loads((run / "metrics.json").read_text())["student"]
     assert not (run / "report.html").exists() and not (run / "roc_pr_curves.png").exists()
 
