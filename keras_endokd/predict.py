@@ -15,7 +15,9 @@ Gimpel 2017), the threshold calibrated on the validation split (the model card o
 model, metrics.json beside a .keras student) and "flagged": true when the frame scores below it,
 unlike the frames the model learned from. A .keras student applies the temperature fitted on the
 validation split (metrics.json's calibration), as the exported models have it folded in.
---explain=DIR writes a Grad-CAM overlay (Selvaraju et al. 2017) of the top-1 class per image. Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
+--explain=DIR writes a Grad-CAM overlay (Selvaraju et al. 2017) of the top-1 class per image.
+
+Images of any size and format that TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP) go
 through THE training preprocessing (`keras_endokd.data.tf_datasets`): decode, optional black-border
 crop, antialiased resize to the model's input size. Both model kinds see the same pixels.
 
@@ -57,8 +59,9 @@ def _beside(model_path, name) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(model_path)), name)
 
 
-def _run_config(model_path) -> dict:
-    path = _beside(model_path, "config.json")
+def _read_beside(model_path, name) -> dict:
+    """The JSON file `name` of the run folder holding the model; {} when there is none."""
+    path = _beside(model_path, name)
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
@@ -77,14 +80,6 @@ def _metadata_labels(model_bytes):
         if f["type"] == "TENSOR_AXIS_LABELS" and f["name"] in files:
             return [l.strip() for l in files[f["name"]].decode("utf-8").splitlines() if l.strip()]
     return None
-
-
-def _read_beside(model_path, name) -> dict:
-    path = _beside(model_path, name)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def ood_threshold(model_path):
@@ -110,15 +105,8 @@ def class_names(model_path, num_classes, model_bytes=None, labels_flag=None) -> 
         if not os.path.isfile(labels_flag):
             raise UsageError(f"--labels={labels_flag}: no such file.")
         candidates.append((labels_flag, lambda: _read_lines(labels_flag)))
-    metrics = _beside(model_path, "metrics.json")
-
-    def from_metrics():
-        if not os.path.isfile(metrics):
-            return None
-        with open(metrics) as f:
-            return json.load(f).get("student", {}).get("class_names")
-
-    candidates.append((metrics, from_metrics))
+    candidates.append((_beside(model_path, "metrics.json"),
+                       lambda: _read_beside(model_path, "metrics.json").get("student", {}).get("class_names")))
     for where, read in candidates:
         names = read()
         if names is None:
@@ -205,13 +193,10 @@ def input_warnings(decoded, image_size: int) -> list:
 
 def trained_on_synthetic(model_path, model_bytes=None) -> bool:
     """Whether the model card, the run's config or the .tflite metadata says synthetic training data."""
-    card = _beside(model_path, "model_card.json")
-    if os.path.isfile(card):
-        with open(card) as f:
-            dataset = json.load(f).get("dataset") or {}
-        if isinstance(dataset, dict) and "synthetic" in dataset:
-            return bool(dataset["synthetic"])
-    config = _run_config(model_path)
+    dataset = _read_beside(model_path, "model_card.json").get("dataset") or {}
+    if isinstance(dataset, dict) and "synthetic" in dataset:
+        return bool(dataset["synthetic"])
+    config = _read_beside(model_path, "config.json")
     if "dataset" in config:
         return config["dataset"] == "synthetic"
     if model_bytes:
@@ -279,7 +264,7 @@ def main(argv=None) -> int:
                             FLAGS.labels)
     except UsageError as err:
         return fail(err)
-    trained_crop = _run_config(FLAGS.model).get("crop_border")
+    trained_crop = _read_beside(FLAGS.model, "config.json").get("crop_border")
     crop = FLAGS.crop_border if FLAGS.crop_border is not None else bool(trained_crop)
     if FLAGS.crop_border is not None and trained_crop is not None and crop != trained_crop:
         print(f"warning: --crop_border={crop} but the model was trained with "
