@@ -30,8 +30,7 @@ from keras_endokd.clinical.html_report import write_report
 from keras_endokd.clinical.probability_metrics import merge_probability_metrics
 from keras_endokd.clinical.run_outputs import clinical_outputs
 from keras_endokd.data import load_dataset
-from keras_endokd.data.source import Split
-from keras_endokd.data.tf_datasets import image_dataset
+from keras_endokd.deploy.export_images import preprocessed
 from keras_endokd.distribute import is_chief, make_strategy, predict_locally
 from keras_endokd.models.student import trainable_param_count
 from keras_endokd.run_config import RunConfig, log, make_datasets, predict_labels
@@ -85,8 +84,11 @@ def run(cfg: RunConfig) -> dict:
     metrics["config"] = {"kd": cfg.kd, "fusion": cfg.fusion, "dataset": cfg.dataset, "seed": cfg.seed}
     metrics["protocol"] = protocol(cfg, training.pop("input_stream_sha256"))
     metrics["training"] = training
-    clinical = clinical_outputs(student, *(split_arrays(source.splits[s], cfg) for s in ("val", "test")),
-                                source.class_names, run_dir, plots=cfg.report)
+    # Decoded once: the clinical figures read them here, the export again below.
+    decoded = {s: preprocessed(source.splits[s], cfg.image_size, cfg.crop_border) for s in ("val", "test")}
+    clinical = clinical_outputs(student, (decoded["val"].images, decoded["val"].labels),
+                                (decoded["test"].images, decoded["test"].labels), source.class_names,
+                                run_dir, plots=cfg.report)
     merge_probability_metrics(metrics["student"], clinical["student"])
     metrics["calibration"], metrics["ood"] = clinical["calibration"], clinical["ood"]
     atomic_files.write_json(os.path.join(run_dir, "metrics.json"), metrics)
@@ -104,19 +106,14 @@ def run(cfg: RunConfig) -> dict:
                        int8_max_bytes=cfg.int8_max_bytes,
                        temperature=cfg.temperature, seed=cfg.seed,
                        batch_size=cfg.batch_size, crop_border=cfg.crop_border,
-                       min_agreement=cfg.min_agreement, command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
+                       min_agreement=cfg.min_agreement, preprocessed=decoded,
+                       command=" ".join(["python -m keras_endokd.train", *sys.argv[1:]]))
     if chief and cfg.report:
         write_report(run_dir)
     log(f"run finished in {time.time() - start:.0f}s: {os.path.abspath(run_dir)}")
     if chief:
         print(next_steps(run_dir), flush=True)
     return metrics
-
-
-def split_arrays(split: Split, cfg: RunConfig):
-    """(uint8 images [N, S, S, 3] as the student sees them, labels [N]) of one split."""
-    images = np.stack(list(image_dataset(split, cfg.image_size, cfg.crop_border).as_numpy_iterator()))
-    return images, split.labels
 
 
 def next_steps(run_dir: str) -> str:

@@ -36,7 +36,7 @@ import os
 import shlex
 import subprocess
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -104,6 +104,7 @@ def export_student(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     representative_count: int = 256,
     verbose: int = 0,
+    preprocessed: Optional[dict] = None,
 ) -> dict:
     """Prunes, converts, checks and writes the deployment files of `student` into `run_dir`.
 
@@ -122,6 +123,8 @@ def export_student(
         images of all splits; a model fails when the upper bound of its agreement's Wilson 95%
         interval is below it (`deploy.export_checks`).
       command: the command line that produced the export, for the model card.
+      preprocessed: splits already decoded and preprocessed at `image_size` with `crop_border`
+        (`deploy.export_images.preprocessed`), by name; the others are decoded here.
 
     Returns export_report.json's content. Raises ExportCheckError when a check fails; the run
     folder then keeps the earlier export's files, and export_failed.json says what failed.
@@ -154,7 +157,8 @@ def export_student(
                          per_tensor=per_tensor, int8_max_bytes=int8_max_bytes, seed=seed,
                          batch_size=batch_size, crop_border=crop_border,
                          fine_tune_epochs=fine_tune_epochs, min_agreement=min_agreement,
-                         representative_count=representative_count, verbose=verbose)
+                         representative_count=representative_count, verbose=verbose,
+                         preprocessed=preprocessed)
         if report.get("failures"):
             raise ExportCheckError("export check failed: " + "; ".join(report["failures"]) + ". "
                                    + _retry(run_dir, report["settings"],
@@ -189,10 +193,10 @@ def _retry(run_dir: str, settings: dict, threshold) -> str:
 
 def _export(out_dir, student, source, teachers, report, start, *, image_size, sparsity,
             temperature, qat, per_tensor, int8_max_bytes, seed, batch_size, crop_border,
-            fine_tune_epochs, min_agreement, representative_count, verbose):
+            fine_tune_epochs, min_agreement, representative_count, verbose, preprocessed):
     # 0. Every split decoded and preprocessed once; the stages below slice these arrays.
     t0 = time.time()
-    splits = preprocessed_splits(source, image_size, crop_border)
+    splits = preprocessed_splits(source, image_size, crop_border, preprocessed)
     train, val, test = (splits[k] for k in ("train", "val", "test"))
     _log(f"{len(train)} / {len(val)} / {len(test)} train / val / test images at "
          f"{image_size}x{image_size} ({time.time() - t0:.0f}s)")
@@ -232,6 +236,9 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
 
     # 3. Calibrate: the temperature fitted on the validation split, folded into the last layer.
     report["calibration"], calibrated = calibrate(pruned, val, qat_model is not None)
+    c = report["calibration"]
+    _log(f"temperature {c['temperature']:.3f} ({c['fitted_on']}; NLL {c['val_nll_before']:.3f} -> "
+         f"{c['val_nll_after']:.3f}), folded: {c['folded']}")
 
     # 4. Convert: float32 from the Keras 3 student; integer models from it (or the QAT twin).
     t0 = time.time()

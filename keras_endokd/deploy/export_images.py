@@ -17,6 +17,8 @@ what the fine-tuning's `tf.data` cache of the training images holds as well.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from keras_endokd.data.source import DatasetSource, Split
@@ -39,10 +41,13 @@ def preprocessed(split: Split, image_size: int, crop_border: bool = False) -> Sp
     return Split(split.labels, images=images)
 
 
-def preprocessed_splits(source: DatasetSource, image_size: int,
-                        crop_border: bool = False) -> dict:
-    """{"train", "val", "test"}: each of `source`'s splits as `preprocessed` gives it."""
-    return {name: preprocessed(source.splits[name], image_size, crop_border) for name in SPLITS}
+def preprocessed_splits(source: DatasetSource, image_size: int, crop_border: bool = False,
+                        done: Optional[dict] = None) -> dict:
+    """{"train", "val", "test"}: each of `source`'s splits as `preprocessed` gives it; `done`
+    holds splits a caller has already preprocessed this way (by name), which are used as they are."""
+    done = done or {}
+    return {name: done[name] if name in done else preprocessed(source.splits[name], image_size, crop_border)
+            for name in SPLITS}
 
 
 def agreement_images(splits: dict, count: int = AGREEMENT_IMAGES, seed: int = 0) -> tuple:
