@@ -19,10 +19,6 @@ from keras_endokd.deploy.export_checks import TFLITE_FILES, batched, inference
 from keras_endokd.deploy.litert import TFLiteModel
 
 
-def log(message: str) -> None:
-    print(f"[keras-endokd] export: {message}", flush=True)
-
-
 def calibrate(pruned, val, qat: bool):
     """(export_report's "calibration" entry, the model to convert): `pruned` with the temperature
     fitted on the validation logits folded into its last layer (Guo et al. 2017), so the shipped
@@ -37,8 +33,6 @@ def calibrate(pruned, val, qat: bool):
     if qat:
         return {**entry, "temperature": 1.0, "fitted_temperature": t,
                 "folded": "no: the integer models are converted from the QAT model"}, pruned
-    log(f"temperature {t:.3f} fitted on {len(val)} validation images (NLL "
-         f"{entry['val_nll_before']:.3f} -> {entry['val_nll_after']:.3f}), folded into the logits layer")
     return {**entry, "temperature": t, "folded": "into the logits layer's kernel and bias"}, \
         fold_temperature(pruned, t)
 
