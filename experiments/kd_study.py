@@ -75,6 +75,9 @@ flags.DEFINE_list("folds", None, "Held-out test folds, metrics averaged per seed
 flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.", **_F)
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Training seeds of the main comparison.", **_F)
 flags.DEFINE_list("ablation_seeds", ["0"], "Training seeds of the ablations (empty: none).", **_F)
+flags.DEFINE_list("ablations", None, "The ablation methods to run over --ablation_seeds, by run name "
+                  "(default: relation-confidence, response+feature+relation-attention and every "
+                  "relation-attention-<variant>; relation-mean-<variant> may be named too).", **_F)
 # The train command's schedule and views: the study measures what a user of the main job gets.
 flags.DEFINE_integer("epochs", 20, "Student epochs of every run.", **_F)
 flags.DEFINE_integer("teacher_epochs", 24, "Epochs of each teacher (trained once).", **_F)
@@ -114,7 +117,8 @@ QUICK = {"export_seeds": [], "teachers": ["tiny_resnet", "small_plaincnn"], "ima
          "representative": 100, "output_dir": "runs/kd_study_quick"}
 
 from experiments.study_methods import (  # noqa: E402,F401
-    HEADLINE, HEADS, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS, TEMPERATURE, Method)
+    ABLATIONS, DEFAULT_ABLATIONS, HEADLINE, HEADS, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS, TEMPERATURE,
+    Method)
 
 
 @dataclasses.dataclass
@@ -148,6 +152,11 @@ class Study:
     keep_caches: bool = False
     export_seeds: List[int] = dataclasses.field(default_factory=list)
     deterministic: bool = False
+    # Run names of the ablation methods (study_methods.ABLATIONS).
+    ablations: List[str] = dataclasses.field(default_factory=lambda: [m.name for m in DEFAULT_ABLATIONS])
+
+    def ablation_methods(self) -> List[Method]:
+        return [ABLATIONS[name] for name in self.ablations]
 
     def heads_methods(self) -> List[Method]:
         return [Method("relation", "attention", heads=h) for h in self.heads_grid]
@@ -158,8 +167,7 @@ class Study:
     def jobs(self) -> list:
         """(method, seed, fold) of every run, each once, seed by seed (a seed's teacher caches are
         not needed once its runs are done): main methods, then ablations."""
-        ablations = (list(OTHER_METHODS) + list(RECIPE_ABLATIONS) + self.heads_methods()
-                     + self.temperature_methods())
+        ablations = self.ablation_methods() + self.heads_methods() + self.temperature_methods()
         jobs = []
         for seed in dict.fromkeys(self.seeds + self.ablation_seeds):
             methods = (list(MAIN_METHODS) if seed in self.seeds else []) + (
@@ -374,6 +382,12 @@ def resolve_flags() -> Study:
                          f"comma-separated numbers: {err}") from None
     if not seeds:
         raise UsageError("--seeds must name at least one seed.")
+    ablations = list(dict.fromkeys(FLAGS.ablations)) if FLAGS.ablations is not None else [
+        m.name for m in DEFAULT_ABLATIONS]
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        raise UsageError(f"--ablations: unknown method(s) {', '.join(unknown)}; expected run names among "
+                         f"{', '.join(ABLATIONS)}.")
     if FLAGS.dataset != "synthetic" and not FLAGS.data_dir:
         raise UsageError(f"--dataset={FLAGS.dataset} needs --data_dir, the folder the dataset was unpacked to.")
     if FLAGS.dataset in ("synthetic", "folder") and folds != [0]:
@@ -403,7 +417,8 @@ def resolve_flags() -> Study:
         latency_runs=value["latency_runs"], representative=value["representative"],
         output_dir=output_dir, teacher_dir=FLAGS.teacher_dir or os.path.join(output_dir, "teachers"),
         verbose=FLAGS.verbose, quick=FLAGS.quick, keep_caches=FLAGS.keep_caches,
-        export_seeds=[int(v) for v in value["export_seeds"]], deterministic=FLAGS.deterministic)
+        export_seeds=[int(v) for v in value["export_seeds"]], deterministic=FLAGS.deterministic,
+        ablations=ablations)
 
 
 def study_main(study: Study, command: str) -> dict:

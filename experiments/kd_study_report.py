@@ -99,6 +99,20 @@ def add_pairings(rows: list, records: list, seeds: list, headline: str) -> str:
     return baseline
 
 
+def add_ablation_pairing(row: dict, records: list, seeds: list, baseline: str) -> dict:
+    """A recipe ablation's paired gains over its ablation seeds: `paired_vs_recipe` against the
+    same method without the variant (the main table's run of that seed), and `paired_vs_none`
+    against the baseline (on the seeds where both ran)."""
+    from experiments.study_methods import Method
+
+    fields = {k: row[k] for k in ("kd", "fusion", "heads", "temperature", "inputs")}
+    acc = _per_seed(records, row["name"], seeds, _accuracy)
+    unablated = Method(**fields).name
+    row["paired_vs_recipe"] = paired(acc, _per_seed(records, unablated, seeds, _accuracy))
+    row["paired_vs_none"] = paired(acc, _per_seed(records, baseline, seeds, _accuracy))
+    return row
+
+
 def teacher_rows(teachers: list) -> list:
     """Teachers' figures, averaged over folds (one training seed: no std)."""
     rows = {}
@@ -138,9 +152,10 @@ def protocol(records: list) -> dict:
 
 def build_results(study, records, teachers, deploy, command, seconds) -> dict:
     """Everything results.json holds, and what the tables and plots are drawn from."""
-    from experiments.study_methods import HEADLINE, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS
+    from experiments.study_methods import HEADLINE, MAIN_METHODS
 
     ablation = study.ablation_seeds
+    chosen = study.ablation_methods() if ablation else []
     confusion = {}
     for r in records:
         cm = np.asarray(r["student"]["confusion_matrix"])
@@ -154,8 +169,9 @@ def build_results(study, records, teachers, deploy, command, seconds) -> dict:
         "headline": HEADLINE.name,
         "baseline": baseline,
         "main": main,
-        "other": [summarize(records, m, ablation) for m in (OTHER_METHODS if ablation else [])],
-        "recipe": [summarize(records, m, ablation) for m in (RECIPE_ABLATIONS if ablation else [])],
+        "other": [summarize(records, m, ablation) for m in chosen if not m.variant],
+        "recipe": [add_ablation_pairing(summarize(records, m, ablation), records, ablation, baseline)
+                   for m in chosen if m.variant],
         "heads": [{"value": m.heads, **summarize(records, m, ablation)}
                   for m in (study.heads_methods() if ablation else [])],
         "temperature": [{"value": m.temperature, **summarize(records, m, ablation)}
@@ -242,13 +258,15 @@ def markdown(results) -> str:
     if results.get("recipe"):
         headline = next(r for r in results["main"] if r["name"] == results["headline"])
         rows = [headline] + results.get("other", []) + results["recipe"]
-        lines = ["| Method | Acc. (%) | Val. acc. (%) |", "|---|---:|---:|"]
+        lines = ["| Method | Acc. (%) | Val. acc. (%) | Gain vs the recipe without the change (pts, 95% CI, "
+                 "wins) | Gain vs alone |", "|---|---:|---:|---:|---:|"]
         for row in rows:
             val = _per_seed(results["runs"], row["name"], s["ablation_seeds"],
                             lambda r: r["student"]["val_accuracy"])
             acc = _per_seed(results["runs"], row["name"], s["ablation_seeds"], _accuracy)
             lines.append(f"| {row['label']} | {100 * statistics.fmean(acc.values()):.1f} | "
-                         f"{100 * statistics.fmean(val.values()):.1f} |")
+                         f"{100 * statistics.fmean(val.values()):.1f} | {_gain(row.get('paired_vs_recipe'))} | "
+                         f"{_gain(row.get('paired_vs_none'))} |")
         ablations += ["## Other methods and ablations of the headline recipe (seeds "
                       + ", ".join(map(str, s["ablation_seeds"])) + ")", "", *lines, ""]
     if len(results["heads"]) > 1:

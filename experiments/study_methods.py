@@ -17,6 +17,7 @@ VARIANTS = {
     "nokd": ({"loss_weights": {"loss_relation_kd": 0.0}}, "without its weighted KD term"),
     "nocentre": ({"relation_centre": False}, "without centring"),
     "paperrkd": ({"loss_weights": {"loss_relation_rkd": 1.0}}, "RKD at Park et al.'s full 25 d + 50 a"),
+    "warmup": ({"fusion_warmup_epochs": 2}, "after a 2-epoch warm-up of the fusion"),
 }
 _FAMILY = {"none": "Student alone (no KD)", "response": "Response", "feature": "Feature",
            "relation": "Relation"}
@@ -94,3 +95,8 @@ BASELINES = (Method("none"), Method("none", inputs="fresh"))
 MAIN_METHODS = (*BASELINES, Method("response"), Method("feature"), Method("relation", "mean"), HEADLINE)
 # Over the ablation seeds only (the 60-minute budget): CA-MKD fusion, and every family together.
 OTHER_METHODS = (Method("relation", "confidence"), Method("response,feature,relation", "attention"))
+# What `--ablations` may name (Method.name): the default ablations, and each recipe variant with
+# mean fusion too, so that a change of recipe can be paired on both fusions.
+DEFAULT_ABLATIONS = (*OTHER_METHODS, *RECIPE_ABLATIONS)
+ABLATIONS = {m.name: m for m in (*DEFAULT_ABLATIONS,
+                                 *(Method("relation", "mean", variant=v) for v in VARIANTS))}

@@ -37,6 +37,9 @@ class RunConfig:
     heads: int = 4
     # Relation: centre the fused target and the student's features before matching them.
     relation_centre: bool = True
+    # Relation: epochs that train the fusion and its head alone before the student starts
+    # (Distiller.warm_up_terms).
+    fusion_warmup_epochs: int = 0
     dataset: str = "synthetic"
     data_dir: Optional[str] = None
     split_file: Optional[str] = None

@@ -52,6 +52,17 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
     distiller.compile(optimizer=optimizer(cfg.learning_rate, cfg.epochs, len(datasets["train"])),
                       metrics=["accuracy"], jit_compile=jit_compile(cfg))
     train_ds, stream, cache = training_inputs(cfg, source, datasets, distiller)
+    warmup = {}
+    if cfg.fusion_warmup_epochs and not done:
+        t0 = time.time()
+        # A dataset of its own: the warm-up leaves the stream `fit` reads (and its order) untouched.
+        batches = (cache.dataset(cfg.batch_size, cfg.seed, taps=distiller.teacher_taps)
+                   if cache is not None else datasets["train"])
+        warmup = distiller.warm_up_terms(batches, cfg.fusion_warmup_epochs, cfg.learning_rate)
+        if warmup:
+            log(f"fusion warm-up: {cfg.fusion_warmup_epochs} epochs, the fusion and its head alone "
+                f"(student frozen), {', '.join(f'{k} {v:.3f}' for k, v in warmup.items())} "
+                f"({time.time() - t0:.0f}s)")
     log(f"student: training for {cfg.epochs - done} epochs on {cfg.train_inputs} inputs; loss = "
         f"{distiller.objective()}")
     t0 = time.time()
@@ -67,7 +78,10 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
     # The last epoch's logs: every loss term, and the fusion's diagnostics (attention entropy,
     # mean weight per teacher), so a reader sees whether the fusion uses the student's query.
     final = {k: float(v[-1]) for k, v in history.history.items() if v}
-    return student, {"input_stream_sha256": stream, "final_epoch": final}
+    info = {"input_stream_sha256": stream, "final_epoch": final}
+    if warmup:
+        info["fusion_warmup"] = {"epochs": cfg.fusion_warmup_epochs, "last_epoch": warmup}
+    return student, info
 
 
 def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, distiller: Distiller):

@@ -35,6 +35,9 @@ flags.DEFINE_enum("fusion", "attention", ["attention", "mean", "confidence"],
                   "How --kd=relation fuses the teachers: multi-head attention, the mean (AVER), or "
                   "confidence-weighted by each teacher's loss on the label (CA-MKD).", **_F)
 flags.DEFINE_integer("heads", 4, "Attention heads of the teacher fusion.", **_F)
+flags.DEFINE_integer("fusion_warmup_epochs", 0, "--kd=relation: epochs that train the fusion and its "
+                     "classification head alone on the teachers' outputs (student frozen) before the "
+                     "student starts, so that it does not chase a randomly initialised target.", **_F)
 flags.DEFINE_boolean("relation_centre", True, "--kd=relation: subtract the batch's mean feature from the "
                      "fused target and the student's adapted features before matching them, so that a "
                      "direction every image shares is not matched for free.", **_F)
@@ -223,6 +226,8 @@ def check_flags() -> list:
     for name in ("epochs", "teacher_epochs", "batch_size", "heads", "teacher_views", "cpu_devices"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(FLAGS, name)}.")
+    if FLAGS.fusion_warmup_epochs < 0:
+        raise UsageError(f"--fusion_warmup_epochs must be 0 (no warm-up) or more, got {FLAGS.fusion_warmup_epochs}.")
     if "relation" in names and FUSION_WIDTH % FLAGS.heads:
         works = ", ".join(str(h) for h in range(1, FUSION_WIDTH + 1) if FUSION_WIDTH % h == 0)
         raise UsageError(f"--heads={FLAGS.heads} cannot split --kd=relation's fusion width of {FUSION_WIDTH} "
@@ -301,7 +306,7 @@ def flag_warnings(names: list) -> list:
             out.append(f"{_value('temperature')}: --kd={kd} has no logit term (response or relation); the "
                        "temperature then only softens the teachers' logits while the export prunes the student.")
     if "relation" not in names:
-        unused(["fusion", "heads", "relation_centre"],
+        unused(["fusion", "heads", "relation_centre", "fusion_warmup_epochs"],
                f"--kd={kd} does not include relation, the only method that reads {{it}}")
     elif FLAGS.fusion != "attention":
         unused(["heads"], f"--fusion={FLAGS.fusion} has no attention heads (only --fusion=attention does)")
@@ -349,6 +354,7 @@ def config_from_flags():
     }
     return RunConfig(
         kd=FLAGS.kd, fusion=FLAGS.fusion, heads=FLAGS.heads, relation_centre=FLAGS.relation_centre,
+        fusion_warmup_epochs=FLAGS.fusion_warmup_epochs,
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir, split_file=FLAGS.split_file, fold=FLAGS.fold,
         crop_border=FLAGS.crop_border, on_bad_image=FLAGS.on_bad_image, teachers=teachers,

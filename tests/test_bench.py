@@ -175,3 +175,19 @@ def test_pair_probe_difficulty_overrides_reach_the_generator():
     default, _ = pair_probe.pair_splits(["esophagitis", "normal-z-line"], 3, 2, 32, 0,
                                         pair_probe.parse_difficulty("{}"))
     assert (train.images != default.images).any()  # the overrides changed the pixels
+
+
+def test_prune_study_pairs_each_target_against_the_teachers_and_names_missing_runs(tmp_path, capsys):
+    from experiments import prune_study
+
+    per_seed = {0: {"dense": {"val": 0.9, "test": 0.9}, "teachers": {"val": 0.80, "test": 0.82},
+                    "labels": {"val": 0.84, "test": 0.81}},
+                1: {"dense": {"val": 0.9, "test": 0.9}, "teachers": {"val": 0.82, "test": 0.80},
+                    "labels": {"val": 0.83, "test": 0.83}}}
+    summary = prune_study.summarize(per_seed, ["teachers", "labels"])
+    assert summary["teachers"]["test"] == pytest.approx(81.0)
+    assert summary["labels"]["val_paired_vs_teachers"]["gain_mean"] == pytest.approx(2.5)
+    assert summary["labels"]["test_paired_vs_teachers"]["wins"] == 1
+    assert "val_paired_vs_teachers" not in summary["teachers"]
+    assert prune_study.main(["prune_study", f"--study_dir={tmp_path}", "--methods=none", "--seeds=3"]) != 0
+    assert "no finished run none-seed3" in capsys.readouterr().err

@@ -133,3 +133,26 @@ def test_sample_and_class_weights_reach_every_term():
     for term in ("loss_response", "loss_feature", "loss_attention", "loss_relation", "loss_relation_kd",
                  "loss_relation_rkd", "loss_fusion_ce", "loss_rkd"):
         assert history[term][0] == 0.0, term
+
+
+def test_warm_up_trains_the_fusion_and_its_head_alone():
+    """Distiller.warm_up_terms: the fusion's classification loss falls over its epochs, the fusion
+    and its head move, and the student, its adapter and the teachers do not."""
+    import tensorflow as tf
+
+    x, y = _data(64)
+    d = _distiller("relation")
+    term = d.distillation_losses[0]
+    frozen = [*d.student.weights, *term.adapter.weights, *(w for t in d.teachers for w in t.weights)]
+    frozen_before = [w.numpy().copy() for w in frozen]
+    moved = [*term.teacher_fusion.trainable_weights, *term.head.trainable_weights]
+    moved_before = [w.numpy().copy() for w in moved]
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    first = d.warm_up_terms(batches, 1, learning_rate=3e-3)
+    last = d.warm_up_terms(batches, 8, learning_rate=3e-3)
+    assert set(first) == {"loss_fusion_ce"}
+    assert last["loss_fusion_ce"] < 0.5 * first["loss_fusion_ce"]
+    for before, w in zip(frozen_before, frozen):
+        np.testing.assert_array_equal(before, w.numpy())
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(moved_before, moved))
+    assert _distiller("response").warm_up_terms(batches, 2) == {}  # no term with a warm-up

@@ -26,6 +26,7 @@ BAD_TRAIN_FLAGS = [
                     "expected a divisor of 64 (1, 2, 4, 8, 16, 32, 64)"),
     (["--kd=response,relation", "--heads=128"], "--heads=128 cannot split"),
     (["--kd=relation", "--fusion=mean", "--heads=3"], "--heads=3 cannot split"),  # the fusion checks it too
+    (["--fusion_warmup_epochs=-1"], "--fusion_warmup_epochs must be 0 (no warm-up) or more, got -1"),
     (["--temperature=0"], "--temperature=0.0 is impossible: the softening temperature"),
     (["--temperature=-2"], "--temperature=-2.0 is impossible"),
     (["--temperature=nan"], "--temperature=nan is impossible"),
@@ -217,6 +218,8 @@ def test_a_flag_without_effect_warns_and_the_flags_still_parse(tmp_path, capsys)
     (["--kd=relation", "--temperature=3"], []),
     (["--kd=response", "--fusion=mean", "--heads=2", "--norelation_centre"],
      ["--fusion=mean, --heads=2, --norelation_centre have no effect: --kd=response does not include relation"]),
+    (["--kd=feature", "--fusion_warmup_epochs=2"],
+     ["--fusion_warmup_epochs=2 has no effect: --kd=feature does not include relation"]),
     (["--kd=relation", "--fusion=confidence", "--heads=2"], ["--heads=2 has no effect: --fusion=confidence"]),
     (["--kd=relation", "--fusion=attention", "--heads=8"], []),
     (["--kd=response", "--relation_kd_weight=1", "--response_weight=2"],

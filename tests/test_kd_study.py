@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from experiments import kd_study
-from experiments.kd_study import HEADLINE, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS, Method
+from experiments.kd_study import HEADLINE, MAIN_METHODS, Method
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,7 +64,9 @@ def _study(tmp_path, **overrides):
 
 def test_jobs_share_runs_between_tables(tmp_path):
     jobs = _study(tmp_path).jobs()
-    assert len(jobs) == len(set(jobs)) == 6 * 2 + 2 + 3 + 1 + 2  # 2 other methods, 3 recipe ablations; heads=4 is the headline run
+    assert len(jobs) == len(set(jobs)) == 6 * 2 + 2 + 4 + 1 + 2  # 2 other methods, 4 recipe ablations; heads=4 is the headline run
+    chosen = _study(tmp_path, ablations=["relation-mean-nokd"]).jobs()
+    assert len(chosen) == 6 * 2 + 1 + 1 + 2 and (Method("relation", "mean", variant="nokd"), 0, 0) in chosen
     assert (HEADLINE, 0, 0) in jobs and (Method("relation", heads=2), 0, 0) in jobs
     seeds = [seed for _, seed, _ in jobs]
     assert seeds == sorted(seeds)  # seed by seed: a seed's caches can go once its runs are done
@@ -113,10 +115,12 @@ def results_baseline(out):
 def _run_quick(out):
     """--quick with one seed and one epoch: the tables are the same code with more.
 
-    The heads and temperature ablations train one run each of their own (2 heads; T=2): their
-    other rows are the headline run and the response+feature+relation run (T=4)."""
+    One recipe ablation (the fusion warm-up). The heads and temperature ablations train one run
+    each of their own (2 heads; T=2): their other rows are the headline run and the
+    response+feature+relation run (T=4)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, "-m", "experiments.kd_study", "--quick", "--seeds=0", "--epochs=1",
+                           "--ablations=relation-attention-warmup",
                            "--heads_grid=2,4", "--temperature_grid=2,4", "--temperature_kd=response,feature,relation",
                            f"--output_dir={out}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
@@ -128,7 +132,7 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     first = _run_quick(out)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
-    assert summary["reused_runs"] == 0 and summary["fresh_runs"] == summary["runs"] == len(MAIN_METHODS) + len(OTHER_METHODS) + len(RECIPE_ABLATIONS) + 2
+    assert summary["reused_runs"] == 0 and summary["fresh_runs"] == summary["runs"] == len(MAIN_METHODS) + 4
     assert set(summary["paired_vs_none"]) == {m.name for m in MAIN_METHODS} - {summary["baseline"]}
     # Runs of a study compute every metric but draw no figure of their own (report=False).
     run = out / "runs" / f"{HEADLINE.name}-seed0"
@@ -154,7 +158,11 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     assert "Teacher tiny_resnet" in rows and "Teacher small_plaincnn" in rows
     assert "## Ablation: attention heads" in table and "## Ablation: temperature" in table
     assert "## Other methods and ablations of the headline recipe" in table
-    assert [r["name"] for r in results_json(out)["recipe"]] == [m.name for m in RECIPE_ABLATIONS]
+    recipe = results_json(out)["recipe"]
+    assert [r["name"] for r in recipe] == ["relation-attention-warmup"]
+    assert recipe[0]["paired_vs_recipe"]["n"] == 1 and recipe[0]["paired_vs_none"]["n"] == 1
+    warmed = json.loads((out / "runs" / "relation-attention-warmup-seed0" / "metrics.json").read_text())
+    assert warmed["training"]["fusion_warmup"]["epochs"] == 2
     assert "python -m experiments.kd_study --quick" in table
 
     results = json.loads((out / "results.json").read_text())

@@ -43,6 +43,9 @@ class DistillationTerm(keras.layers.Layer, keras.distillation.DistillationLoss):
 
     student_taps: Sequence[str] = ()
     teacher_taps: Sequence[str] = ()
+    # Terms that train the term's own layers only (not the student): what `Distiller.warm_up_terms`
+    # optimises before the student starts (e.g. the fusion's classification loss).
+    warmup_loss_names: Sequence[str] = ()
 
     def __init__(self, loss_weights: Optional[Dict[str, float]] = None, **kwargs):
         super().__init__(**kwargs)

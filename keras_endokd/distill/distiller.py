@@ -272,6 +272,55 @@ class Distiller(keras.Model):
         trackers["total_loss"].update_state(total * replicas)
         return total
 
+    def warm_up_terms(self, dataset, epochs: int, learning_rate: float = 1e-3) -> dict:
+        """Trains the terms' own layers on their `warmup_loss_names` before the student trains.
+
+        The fused target of `FusionDistillation` starts from random projections: without a
+        warm-up, the student's first epochs chase a target that does not yet carry the teachers'
+        content. Here only the terms' variables move (the student and teachers are run in
+        inference mode, outside the gradient), with their own Adam at a constant `learning_rate`,
+        for `epochs` passes over `dataset` (the batches `fit` takes). TensorFlow backend.
+
+        Returns {loss name: its mean over the last epoch} (empty when no term has a warm-up).
+        """
+        import tensorflow as tf
+
+        terms = [l for l in self.distillation_losses if is_term(l) and l.warmup_loss_names]
+        variables = [v for t in terms for v in t.trainable_variables]
+        if epochs <= 0 or not variables:
+            return {}
+        warmup_optimizer = keras.optimizers.Adam(learning_rate)
+        warmup_optimizer.build(variables)
+        num_classes = self.student.outputs[0].shape[-1]
+
+        @tf.function
+        def step(data):
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            raw = self._run_student(_image(x), training=False)
+            student = {k: tf.stop_gradient(v) for k, v in raw.items()}
+            student[LOGITS] = as_logits(student[LOGITS], self._graphs.softmax[0])
+            teachers = self.teacher_outputs(x)
+            labels = _sparse_labels(y, num_classes)
+            with tf.GradientTape() as tape:
+                values = {}
+                for t in terms:
+                    found = t.compute_terms(teachers, student, labels=labels, training=True,
+                                            sample_weight=sample_weight)
+                    values.update({n: found[n] for n in t.warmup_loss_names})
+                total = sum(values.values())
+            grads = tape.gradient(total, variables)
+            warmup_optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+            return values
+
+        means = {}
+        for _ in range(epochs):
+            trackers = {}
+            for data in dataset:
+                for name, value in step(data).items():
+                    trackers.setdefault(name, keras.metrics.Mean()).update_state(value)
+            means = {name: float(m.result()) for name, m in trackers.items()}
+        return means
+
     # Private Keras APIs, where Keras has no public hook. Keras 3 and `MultiWorkerMirroredStrategy`
     # (keras-team/keras#20585): `fit` first reduces a data batch across workers in eager mode
     # (fails), and each step reduces the scalar logs with `axis=0` (fails). The Distiller is

@@ -212,6 +212,8 @@ class FusionDistillation(DistillationTerm):
         self.adapter = keras.layers.Conv2D(self.width, 1, name="student_adapter")
         self.head = None
 
+    warmup_loss_names = ("loss_fusion_ce",)
+
     @classmethod
     def default_loss_weights(cls):
         # RKD against the fused target at 1/25 of Park et al.'s scale: 0.04 (25 d + 50 a) = d + 2 a.
