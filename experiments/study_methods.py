@@ -14,7 +14,7 @@ import dataclasses
 HEADS, TEMPERATURE = 4, 4.0
 # Ablations of the headline recipe: RunConfig overrides, and the table's wording.
 VARIANTS = {
-    "nokd": ({"loss_weights": {"loss_relation_kd": 0.0}}, "without its weighted KD term"),
+    "withkd": ({"loss_weights": {"loss_relation_kd": 1.0}}, "with its weighted KD term at weight 1"),
     "nocentre": ({"relation_centre": False}, "without centring"),
     "paperrkd": ({"loss_weights": {"loss_relation_rkd": 1.0}}, "RKD at Park et al.'s full 25 d + 50 a"),
     "warmup": ({"fusion_warmup_epochs": 2}, "after a 2-epoch warm-up of the fusion"),

@@ -66,7 +66,8 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.", **_F)
 flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, cosine decay).", **_F)
 flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.", **_F)
 flags.DEFINE_float("temperature", 4.0, "Softening temperature of the logit terms (--kd=response, and "
-                   "relation's loss_relation_kd).", **_F)
+                   "relation's loss_relation_kd, weight 0 unless --relation_kd_weight) and of the "
+                   "export's pruning fine-tune.", **_F)
 distill_flags.define(FLAGS)  # --student_loss_weight, --ce_weight, --teacher_taps, --student_taps
 for _term, _help in [
     ("response", "Hinton KD"), ("feature", "FitNets hints"), ("attention", "attention transfer"),

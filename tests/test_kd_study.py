@@ -65,8 +65,8 @@ def _study(tmp_path, **overrides):
 def test_jobs_share_runs_between_tables(tmp_path):
     jobs = _study(tmp_path).jobs()
     assert len(jobs) == len(set(jobs)) == 6 * 2 + 2 + 4 + 1 + 2  # 2 other methods, 4 recipe ablations; heads=4 is the headline run
-    chosen = _study(tmp_path, ablations=["relation-mean-nokd"]).jobs()
-    assert len(chosen) == 6 * 2 + 1 + 1 + 2 and (Method("relation", "mean", variant="nokd"), 0, 0) in chosen
+    chosen = _study(tmp_path, ablations=["relation-mean-withkd"]).jobs()
+    assert len(chosen) == 6 * 2 + 1 + 1 + 2 and (Method("relation", "mean", variant="withkd"), 0, 0) in chosen
     assert (HEADLINE, 0, 0) in jobs and (Method("relation", heads=2), 0, 0) in jobs
     seeds = [seed for _, seed, _ in jobs]
     assert seeds == sorted(seeds)  # seed by seed: a seed's caches can go once its runs are done

@@ -36,7 +36,7 @@ def test_a_saved_teacher_with_its_own_layer_names_teaches_the_student(tmp_path, 
     assert train.main([*flags, "--teacher_taps=stage2_out,stage3_out"]) == 0, capsys.readouterr().err[-3000:]
     stdout = capsys.readouterr().out
     # The default weighting: proportional to CE + the sum of the terms.
-    assert ("loss = 0.5*CE + 0.5*(1*response + 1*relation + 0.04*relation_rkd + 1*relation_kd + 1*fusion_ce "
+    assert ("loss = 0.5*CE + 0.5*(1*response + 1*relation + 0.04*relation_rkd + 0*relation_kd + 1*fusion_ce "
             "+ 1*feature)") in stdout
     config = json.loads((out / "config.json").read_text())
     assert config["teacher_taps"] == ["stage2_out", "stage3_out"] and config["student_loss_weight"] == 0.5
