@@ -115,13 +115,12 @@ def results_baseline(out):
 def _run_quick(out):
     """--quick with one seed and one epoch: the tables are the same code with more.
 
-    One recipe ablation (the fusion warm-up). The heads and temperature ablations train one run
-    each of their own (2 heads; T=2): their other rows are the headline run and the
-    response+feature+relation run (T=4)."""
+    One recipe ablation (the fusion warm-up); the heads and temperature grids hold the headline's
+    values only, so they train nothing of their own (their tables: test_ablation_tables_mark_the_default)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, "-m", "experiments.kd_study", "--quick", "--seeds=0", "--epochs=1",
                            "--ablations=relation-attention-warmup",
-                           "--heads_grid=2,4", "--temperature_grid=2,4", "--temperature_kd=response,feature,relation",
+                           "--heads_grid=4", "--temperature_grid=4",
                            f"--output_dir={out}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
 
@@ -132,7 +131,7 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     first = _run_quick(out)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
-    assert summary["reused_runs"] == 0 and summary["fresh_runs"] == summary["runs"] == len(MAIN_METHODS) + 4
+    assert summary["reused_runs"] == 0 and summary["fresh_runs"] == summary["runs"] == len(MAIN_METHODS) + 1
     assert set(summary["paired_vs_none"]) == {m.name for m in MAIN_METHODS} - {summary["baseline"]}
     # Runs of a study compute every metric but draw no figure of their own (report=False).
     run = out / "runs" / f"{HEADLINE.name}-seed0"
@@ -156,7 +155,7 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
         if cells[7]:
             assert cells[7].endswith("/1") and "[" not in cells[7], cells
     assert "Teacher tiny_resnet" in rows and "Teacher small_plaincnn" in rows
-    assert "## Ablation: attention heads" in table and "## Ablation: temperature" in table
+    assert "## Ablation: attention heads" not in table  # a grid of one value has no table
     assert "## Other methods and ablations of the headline recipe" in table
     recipe = results_json(out)["recipe"]
     assert [r["name"] for r in recipe] == ["relation-attention-warmup"]
@@ -177,8 +176,8 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     assert headline["paired_vs_mean_fusion"]["n"] == 1
     # the fair protocol: every views arm of seed 0 trained on one input stream
     assert results["settings"]["protocol"]["identical_streams_per_seed"] == {"0/0": True}
-    assert [row["value"] for row in results["heads"]] == [2, 4]
-    assert [row["value"] for row in results["temperature"]] == [2.0, 4.0]
+    assert [row["value"] for row in results["heads"]] == [4]
+    assert [row["value"] for row in results["temperature"]] == [4.0]
     assert results["deploy"]["student"]["kind"] == "int8" and results["deploy"]["student"]["bytes"] > 0
     assert not os.listdir(out / "teachers" / "cache")  # each seed's caches are deleted after its runs
 
@@ -198,3 +197,13 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     assert len(reused) == summary["runs"]
     assert again["minutes"] < summary["minutes"]
     assert again["accuracy"] == summary["accuracy"]
+
+
+def test_ablation_tables_mark_the_default():
+    from experiments.kd_study_report import ablation_table
+
+    row = {"mean": {k: 0.5 for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "mcc")},
+           "std": {k: None for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "mcc")}}
+    lines = ablation_table([{"value": 2, **row}, {"value": 4, **row}], "Heads", 4).splitlines()
+    assert lines[0].startswith("| Heads | Acc. (%)") and len(lines) == 4
+    assert lines[2].startswith("| 2 | 50.0 |") and lines[3].startswith("| **4** | 50.0 |")
