@@ -53,7 +53,7 @@ class RunConfig:
     shipped_teachers: bool = True
     image_size: int = 128
     epochs: int = 20
-    teacher_epochs: int = 24
+    teacher_epochs: int = 48
     batch_size: int = 32
     learning_rate: float = 3e-3
     teacher_learning_rate: float = 2e-3

@@ -61,7 +61,7 @@ flags.DEFINE_string("teacher_dir", None, "Where trained teachers are kept and re
                     "(default: teachers/ beside --output_dir).", **_F)
 flags.DEFINE_integer("image_size", 128, "Square input size of student and teachers, in pixels.", **_F)
 flags.DEFINE_integer("epochs", 20, "Student epochs.", **_F)
-flags.DEFINE_integer("teacher_epochs", 24, "Epochs of each teacher trained here.", **_F)
+flags.DEFINE_integer("teacher_epochs", 48, "Epochs of each teacher trained here.", **_F)
 flags.DEFINE_integer("batch_size", 32, "Batch size.", **_F)
 flags.DEFINE_float("learning_rate", 3e-3, "Student's peak learning rate (Adam, cosine decay).", **_F)
 flags.DEFINE_float("teacher_learning_rate", 2e-3, "Teachers' peak learning rate.", **_F)
