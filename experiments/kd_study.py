@@ -47,11 +47,9 @@ printed is one JSON object with the headline figures.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from typing import List, Optional
@@ -80,7 +78,7 @@ flags.DEFINE_list("ablations", None, "The ablation methods to run over --ablatio
                   "relation-attention-<variant>; relation-mean-<variant> may be named too).", **_F)
 # The train command's schedule and views: the study measures what a user of the main job gets.
 flags.DEFINE_integer("epochs", 20, "Student epochs of every run.", **_F)
-flags.DEFINE_integer("teacher_epochs", 24, "Epochs of each teacher (trained once).", **_F)
+flags.DEFINE_integer("teacher_epochs", 48, "Epochs of each teacher (trained once).", **_F)
 flags.DEFINE_list("teachers", ["mobile_x3", "mobile_x2"], "Teacher registry names.", **_F)
 flags.DEFINE_integer("image_size", 128, "Square input size, pixels.", **_F)
 flags.DEFINE_integer("batch_size", 32, "Batch size.", **_F)
@@ -107,6 +105,9 @@ flags.DEFINE_list("export_seeds", ["0"], "Seeds whose main-table runs are also e
                   "checked in LiteRT), so the table shows whether each method's gain survives deployment.", **_F)
 flags.DEFINE_boolean("keep_caches", False, "Keep each seed's teacher caches after its runs (GBs); by "
                      "default the caches this study built are deleted once a seed is done.", **_F)
+flags.DEFINE_integer("jobs", 2, "Runs trained at once, each in its own worker process with "
+                     "cpu_count // jobs TensorFlow threads (1: one at a time, in this process). Two "
+                     "small runs side by side use 2 cores better than one run with 2 threads.", **_F)
 flags.DEFINE_boolean("quick", False, "CI mode: tiny teachers, 32x32 images, few epochs, 2 seeds, small "
                      "ablation grid; flags given explicitly still win.", **_F)
 
@@ -154,6 +155,7 @@ class Study:
     deterministic: bool = False
     # Run names of the ablation methods (study_methods.ABLATIONS).
     ablations: List[str] = dataclasses.field(default_factory=lambda: [m.name for m in DEFAULT_ABLATIONS])
+    jobs_at_once: int = 1  # runs trained at once, each in its own process (1: in this process)
 
     def ablation_methods(self) -> List[Method]:
         return [ABLATIONS[name] for name in self.ablations]
@@ -220,51 +222,55 @@ def prepare(cfg):
 
 
 def execute(study: Study) -> list:
-    """Runs (or reuses) every job; returns one record per run."""
-    import keras
-
+    """Runs (or reuses) every job, `study.jobs_at_once` at a time (experiments.study_runner);
+    returns one record per run, in job order."""
+    from experiments.study_runner import run_jobs
     from keras_endokd import atomic_files
-    from keras_endokd.pipeline import run
 
-    jobs, records, fresh_seconds = study.jobs(), [], []
-    cache_root = os.path.join(study.teacher_dir, "cache")
-    caches_before = _folders(cache_root)
-    for i, (method, seed, fold) in enumerate(jobs, start=1):
-        cfg, metrics = prepare(study.run_config(method, seed, fold))
-        timing_path = os.path.join(cfg.output_dir, "study_timing.json")
-        reused = metrics is not None
-        if reused:
-            seconds = _read_json(timing_path)["seconds"] if os.path.isfile(timing_path) else None
-        else:
-            if os.path.exists(timing_path):
-                os.remove(timing_path)
-            keras.backend.clear_session()
-            gc.collect()
-            start = time.time()
-            metrics = run(cfg)
-            seconds = time.time() - start
+    jobs, fresh_seconds = study.jobs(), []
+    prepared = [prepare(study.run_config(method, seed, fold)) for method, seed, fold in jobs]
+    records: list = [None] * len(jobs)
+    start = time.time()
+
+    def record(i: int, metrics: dict, seconds: Optional[float], reused: bool) -> None:
+        method, seed, fold = jobs[i]
+        cfg = prepared[i][0]
+        if not reused:
             fresh_seconds.append(seconds)
-            atomic_files.write_json(timing_path, {"seconds": seconds, "resumed": cfg.resume})
-        left = len(jobs) - i
-        eta = (f", about {left * sum(fresh_seconds) / len(fresh_seconds) / 60:.0f} min left"
+            atomic_files.write_json(os.path.join(cfg.output_dir, "study_timing.json"),
+                                    {"seconds": seconds, "resumed": cfg.resume, "jobs_at_once": study.jobs_at_once})
+        left = sum(r is None for r in records) - 1
+        eta = (f", about {left * (time.time() - start) / len(fresh_seconds) / 60:.0f} min left"
                if fresh_seconds and left else "")
         how = "reused" if reused else f"{'resumed, ' if cfg.resume else ''}{seconds:.0f}s"
         where = f"seed {seed}" + (f" fold {fold}" if study.folds != [0] else "")
-        log(f"{i}/{len(jobs)} {method.name} {where}: accuracy "
+        log(f"{len(jobs) - left}/{len(jobs)} {method.name} {where}: accuracy "
             f"{metrics['student']['accuracy']:.3f} ({how}{eta})")
         keep = ("accuracy", "val_accuracy", "macro_precision", "macro_recall", "macro_f1", "mcc",
                 "confusion_matrix", "params", "class_names", "num_images")
-        records.append({"method": method.name, **dataclasses.asdict(method), "seed": seed, "fold": fold,
-                        "run_dir": cfg.output_dir, "reused": reused, "seconds": seconds,
-                        "student": {k: metrics["student"][k] for k in keep},
-                        "protocol": metrics.get("protocol"),
-                        "deploy": _export_figures(cfg.output_dir) if cfg.export else None,
-                        "training": metrics.get("training"),
-                        "teachers": [t.get("key") for t in metrics.get("teachers", [])]})
-        if not study.keep_caches and (i == len(jobs) or jobs[i][1] != seed):
-            # The seed's runs are done: drop the caches they built (GBs each; only this study's).
-            for folder in _folders(cache_root) - caches_before:
-                shutil.rmtree(os.path.join(cache_root, folder), ignore_errors=True)
+        records[i] = {"method": method.name, **dataclasses.asdict(method), "seed": seed, "fold": fold,
+                      "run_dir": cfg.output_dir, "reused": reused, "seconds": seconds,
+                      "student": {k: metrics["student"][k] for k in keep},
+                      "protocol": metrics.get("protocol"),
+                      "deploy": _export_figures(cfg.output_dir) if cfg.export else None,
+                      "training": metrics.get("training"),
+                      "teachers": [t.get("key") for t in metrics.get("teachers", [])]}
+
+    to_train = []
+    for i, (cfg, metrics) in enumerate(prepared):
+        timing_path = os.path.join(cfg.output_dir, "study_timing.json")
+        if metrics is not None:
+            record(i, metrics, _read_json(timing_path)["seconds"] if os.path.isfile(timing_path) else None, True)
+            to_train.append(None)
+        else:
+            if os.path.exists(timing_path):
+                os.remove(timing_path)
+            to_train.append(cfg)
+    run_jobs(to_train, uses_teachers=[method.kd != "none" for method, _, _ in jobs],
+             seeds=[seed for _, seed, _ in jobs], cache_root=os.path.join(study.teacher_dir, "cache"),
+             keep_caches=study.keep_caches, workers=study.jobs_at_once,
+             log_dir=os.path.join(study.output_dir, "logs"),
+             on_done=lambda i, metrics, seconds: record(i, metrics, seconds, False))
     return records
 
 
@@ -280,10 +286,6 @@ def _export_figures(run_dir: str) -> Optional[dict]:
     return {"int8_accuracy": checks["int8"]["accuracy"], "float32_accuracy": checks["float32"]["accuracy"],
             "int8_bytes": report["conversion"]["sizes"]["student_int8.tflite"]["bytes"],
             "sparsity": report["prune"]["sparsity"]["pruned_layers"], "status": report.get("status")}
-
-
-def _folders(root: str) -> set:
-    return {f for f in os.listdir(root) if os.path.isdir(os.path.join(root, f))} if os.path.isdir(root) else set()
 
 
 def evaluate_teachers(study: Study) -> tuple:
@@ -404,6 +406,8 @@ def resolve_flags() -> Study:
     for name in ("epochs", "teacher_epochs", "teacher_views", "latency_runs"):
         if value[name] < 1:
             raise UsageError(f"--{name} must be at least 1, got {value[name]}.")
+    if FLAGS.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {FLAGS.jobs}.")
     if value["representative"] < 100:
         raise UsageError(f"--representative={value['representative']}: int8 calibration needs >= 100 images.")
     output_dir = value["output_dir"]
@@ -418,7 +422,7 @@ def resolve_flags() -> Study:
         output_dir=output_dir, teacher_dir=FLAGS.teacher_dir or os.path.join(output_dir, "teachers"),
         verbose=FLAGS.verbose, quick=FLAGS.quick, keep_caches=FLAGS.keep_caches,
         export_seeds=[int(v) for v in value["export_seeds"]], deterministic=FLAGS.deterministic,
-        ablations=ablations)
+        ablations=ablations, jobs_at_once=FLAGS.jobs)
 
 
 def study_main(study: Study, command: str) -> dict:
