@@ -20,8 +20,9 @@ How, and why:
   same split and the same teachers: the spread over seeds is the student's, not the data's.
 - teachers are trained once and reused from `--teacher_dir` (keras_endokd's TeacherStore), and
   their outputs (every tap) are cached on disk (`teacher_cache="disk"`, `cache_all_taps`), once per
-  seed, then reused by every run with that seed. Runs go seed by seed; a seed's caches (GBs) are
-  deleted once its runs are done, unless `--keep_caches`.
+  seed, then reused by every run with that seed. Runs start seed by seed, `--jobs` (2) at once in
+  worker processes (experiments.study_runner: one small run does not keep two cores busy); a
+  seed's caches (GBs) are deleted once its runs are done, unless `--keep_caches`.
 - the main runs of `--export_seeds` are exported (pruned int8, checked in LiteRT) for their int8
   accuracy; the others skip the export. Every student row has the same architecture, so its
   int8 size and latency are measured once: the first seed's headline student, converted to full-int8 TFLite

@@ -32,11 +32,21 @@ def cache_folders(root: str) -> Set[str]:
     return {f for f in os.listdir(root) if os.path.isdir(os.path.join(root, f))} if os.path.isdir(root) else set()
 
 
+_WORKER_THREADS = None  # set in each worker process: TensorFlow threads for its runs
+
+
 def _init_worker(threads: int) -> None:
+    global _WORKER_THREADS
+    _WORKER_THREADS = threads
+
+
+def _set_threads() -> None:
+    """Before the worker's first TensorFlow op (the settings are fixed from then on)."""
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if _WORKER_THREADS and tf.config.threading.get_intra_op_parallelism_threads() != _WORKER_THREADS:
+        tf.config.threading.set_intra_op_parallelism_threads(_WORKER_THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(_WORKER_THREADS)
 
 
 def train_one(cfg, log_path: Optional[str] = None) -> tuple:
@@ -45,6 +55,7 @@ def train_one(cfg, log_path: Optional[str] = None) -> tuple:
 
     from keras_endokd.pipeline import run
 
+    _set_threads()
     keras.backend.clear_session()
     gc.collect()
     with contextlib.ExitStack() as stack:
@@ -60,9 +71,10 @@ def train_one(cfg, log_path: Optional[str] = None) -> tuple:
 
 def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: str,
              keep_caches: bool, workers: int, log_dir: str,
-             on_done: Callable[[int, dict, float], None]) -> None:
+             on_done: Callable[[int, dict, float], None], train: Callable = train_one) -> None:
     """Trains `configs[i]` (None: reused, nothing to train) for every job i; calls
-    `on_done(i, metrics, seconds)` in the parent as each finishes. `workers` 1: in this process."""
+    `on_done(i, metrics, seconds)` in the parent as each finishes. `workers` 1: in this process.
+    `train(cfg, log_path) -> (metrics, seconds)`: `train_one`; in workers, a module-level function."""
     pending = [i for i, cfg in enumerate(configs) if cfg is not None]
     left_per_seed: Dict[object, int] = {}
     for i in pending:
@@ -98,7 +110,7 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
     if workers <= 1:
         for i in pending:
             before[i] = cache_folders(cache_root)
-            finished(i, *train_one(configs[i]))
+            finished(i, *train(configs[i], None))
         return
     context = multiprocessing.get_context("spawn")  # a fresh TensorFlow in each worker
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -110,7 +122,7 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
                 for i in [j for j in pending if ready(j, running)][:workers - len(running)]:
                     pending.remove(i)
                     before[i] = cache_folders(cache_root)
-                    running[i] = pool.submit(train_one, configs[i], log_path(i))
+                    running[i] = pool.submit(train, configs[i], log_path(i))
                 if not running:
                     raise RuntimeError("study_runner: no job can start (a cache builder is missing)")
                 done, _ = concurrent.futures.wait(running.values(), return_when=concurrent.futures.FIRST_COMPLETED)

@@ -1,0 +1,78 @@
+"""experiments.study_runner: which runs start together, and when a seed's caches go."""
+
+import json
+import os
+import time
+import types
+
+import pytest
+
+from experiments.study_runner import run_jobs
+
+
+def fake_train(cfg, log_path):
+    """Stands in for a run: records when it ran; a cache builder adds its cache folder."""
+    start = time.time()
+    if cfg.builds:
+        os.makedirs(os.path.join(cfg.cache_root, cfg.builds))
+    time.sleep(cfg.sleep)
+    if cfg.reads:  # a run with teachers finds its seed's cache built
+        assert os.path.isdir(os.path.join(cfg.cache_root, cfg.reads)), cfg.reads
+    with open(os.path.join(cfg.output_dir, "ran.json"), "w") as f:
+        json.dump({"start": start, "end": time.time(), "pid": os.getpid(), "log": log_path}, f)
+    return {"student": {"accuracy": 0.5}}, time.time() - start
+
+
+def _jobs(tmp_path, plan):
+    """plan: (seed, uses teachers, reused) per job."""
+    cache_root = tmp_path / "cache"
+    cache_root.mkdir()
+    configs = []
+    for i, (seed, teachers, reused) in enumerate(plan):
+        out = tmp_path / f"run{i}"
+        out.mkdir()
+        first = teachers and not any(p[0] == seed and p[1] and not p[2] for p in plan[:i])
+        configs.append(None if reused else types.SimpleNamespace(
+            output_dir=str(out), cache_root=str(cache_root), sleep=0.3,
+            builds=f"cache-seed{seed}" if first else None, reads=f"cache-seed{seed}" if teachers else None))
+    return configs, [p[1] for p in plan], [p[0] for p in plan], str(cache_root)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_seeds_cache_is_built_once_before_its_other_runs_and_deleted_after_its_last(tmp_path, workers):
+    plan = [(0, False, False), (0, True, False), (0, True, False), (0, True, True), (0, False, False),
+            (1, False, False), (1, True, False), (1, True, False)]
+    configs, teachers, seeds, cache_root = _jobs(tmp_path, plan)
+    done, caches_seen = [], []
+
+    def on_done(i, metrics, seconds):
+        done.append(i)
+        caches_seen.append(sorted(os.listdir(cache_root)))
+        assert metrics["student"]["accuracy"] == 0.5 and seconds > 0.2
+
+    run_jobs(configs, teachers, seeds, cache_root, keep_caches=False, workers=workers,
+             log_dir=str(tmp_path / "logs"), on_done=on_done, train=fake_train)
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7]  # job 3 was reused: not trained
+    assert os.listdir(cache_root) == []  # every seed's cache deleted once its runs were done
+    ran = {i: json.loads((tmp_path / f"run{i}" / "ran.json").read_text()) for i in done}
+    for builder, readers in ((1, [2]), (6, [7])):
+        assert all(ran[r]["start"] >= ran[builder]["end"] for r in readers)
+    assert not (ran[6]["start"] < ran[1]["end"] and ran[1]["start"] < ran[6]["end"])  # one builder at a time
+    # Seed 0's cache stays until seed 0's last run (job 4 or 2) is reported.
+    last_of_seed0 = max(done.index(i) for i in (0, 1, 2, 4))
+    assert all("cache-seed0" in seen for seen in caches_seen[done.index(1):last_of_seed0])
+    if workers == 2:
+        assert len({r["pid"] for r in ran.values()}) == 2 and all(r["log"] for r in ran.values())
+        overlapping = any(ran[a]["start"] < ran[b]["end"] and ran[b]["start"] < ran[a]["end"]
+                          for a in done for b in done if a < b)
+        assert overlapping  # two runs did train side by side
+    else:
+        assert {r["pid"] for r in ran.values()} == {os.getpid()}
+
+
+def test_a_failed_run_stops_the_study_and_names_its_log(tmp_path):
+    configs, teachers, seeds, cache_root = _jobs(tmp_path, [(0, True, False), (0, True, False)])
+    configs[0].reads = "no-such-cache"
+    with pytest.raises(RuntimeError, match="run0 failed.*run0.log"):
+        run_jobs(configs, teachers, seeds, cache_root, keep_caches=False, workers=2,
+                 log_dir=str(tmp_path / "logs"), on_done=lambda *a: None, train=fake_train)
