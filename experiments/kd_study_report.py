@@ -291,7 +291,7 @@ def markdown(results) -> str:
         f"- Students: epochs: {s['epochs']}; main table over seeds {s['seeds']}, ablations over "
         f"seeds {s['ablation_seeds']}; {len(results['runs'])} runs "
         f"({sum(r['seconds'] or 0 for r in results['runs']) / 60:.1f} min of runs, teacher training "
-        f"included; this invocation {results['seconds'] / 60:.1f} min, "
+        f"included, {s.get('jobs_at_once', 1)} at once; this invocation {results['seconds'] / 60:.1f} min, "
         f"{sum(r['reused'] for r in results['runs'])} runs reused)"
         f"{' (--quick: a smoke test, not a result)' if s['quick'] else ''}.",
         "",
