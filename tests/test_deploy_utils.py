@@ -184,3 +184,34 @@ def test_measure_arena_isolated_matches_and_survives_a_failing_model(models):
     assert micro.measure_arena_isolated(models["int8"]) == micro.measure_arena(models["int8"])
     with pytest.raises(RuntimeError, match="arena failed \\(exit code 1\\)"):  # this process lives on
         micro.measure_arena_isolated(models["int8"][: len(models["int8"]) // 2])
+
+
+def test_one_export_converts_to_the_models_from_keras_model_gives():
+    """`convert.exported` writes the SavedModel that `from_keras_model` writes before each
+    conversion: the converted models match it tensor for tensor; only the converter's own
+    CONVERSION_METADATA (which records the source format) differs."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from keras_endokd.deploy.convert import exported, to_tflite
+
+    model = _tiny_model()
+    representative = _images(32, seed=1)
+    with exported(model) as source:
+        assert os.path.isdir(source)
+        once = [to_tflite(source), to_tflite(source, representative, "int8", "int8", per_channel=False)]
+    assert not os.path.exists(source)  # removed on exit
+    each = [to_tflite(model), to_tflite(model, representative, "int8", "int8", per_channel=False)]
+    for a, b in zip(once, each):
+        ma, mb = (flatbuffer_utils.convert_bytearray_to_object(bytearray(m)) for m in (a, b))
+        own = {m.buffer for m in ma.metadata if m.name == b"CONVERSION_METADATA"}
+        assert len(ma.buffers) == len(mb.buffers) and own
+        for i, (x, y) in enumerate(zip(ma.buffers, mb.buffers)):
+            if i not in own:
+                assert (x.data is None and y.data is None) or np.array_equal(x.data, y.data), i
+        for x, y in zip(ma.subgraphs[0].tensors, mb.subgraphs[0].tensors):
+            assert x.name == y.name and x.shape.tolist() == y.shape.tolist()
+            assert (x.quantization is None) == (y.quantization is None)
+            if x.quantization is not None and x.quantization.scale is not None:
+                assert np.array_equal(x.quantization.scale, y.quantization.scale)
+    probabilities = litert.TFLiteModel(once[0]).predict(_images(4, seed=2))
+    np.testing.assert_allclose(probabilities, model.predict(_images(4, seed=2), verbose=0), atol=1e-5)

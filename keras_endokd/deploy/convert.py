@@ -2,11 +2,13 @@
 
 Every deployed model ends in a Softmax (`probability_model`), so a device reads probabilities.
 
-Conversion starts from the Keras 3 model itself, `TFLiteConverter.from_keras_model(model)`:
-checked to work in a process that imported tfmot (which points `tf.keras` at tf_keras).
-`from_concrete_functions` is never used: on Keras 3 models it silently builds broken models
-(see shared TRAPS.md). tf_keras models (quantization-aware-trained twins) go through the same
-call.
+Conversion starts from the Keras 3 model itself: `exported(model)` writes it once as a SavedModel
+with a `serve` endpoint that calls it with `training=False`, exactly what
+`TFLiteConverter.from_keras_model(model)` does before every conversion, and each conversion reads
+it with `from_saved_model` (an export costs more than the conversion itself, and a deployment
+converts one model four times). `from_concrete_functions` is never used: on Keras 3 models it
+silently builds broken models (see shared TRAPS.md). tf_keras models (quantization-aware-trained
+twins) go through `from_keras_model`.
 
 The integer models take raw pixels: the input quantization must map the pixel byte p to the
 value p the model was trained on (uint8: scale 1, zero point 0; int8: scale 1, zero point
@@ -19,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
+import tempfile
 import warnings
-from typing import Optional
+from typing import Iterator, Optional, Union
 
 import keras
 import numpy as np
@@ -35,12 +40,32 @@ def probability_model(student: keras.Model) -> keras.Model:
     return keras.Model(student.input, outputs, name=f"{student.name}_probability")
 
 
+@contextlib.contextmanager
+def exported(model) -> Iterator[Union[str, object]]:
+    """What `to_tflite` converts, for several conversions of one model: a Keras 3 functional
+    model's SavedModel folder (deleted on exit), or any other model itself."""
+    if not (isinstance(model, keras.Model) and isinstance(model, keras.src.models.Functional)):
+        yield model
+        return
+    folder = tempfile.mkdtemp(prefix="keras_endokd_export_")
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        signature = [tf.TensorSpec(x.shape, x.dtype, name=x.name) for x in model.inputs]
+        archive.add_endpoint("serve", lambda *inputs: model(*inputs, training=False), signature)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the endpoint's signature
+            archive.write_out(os.path.join(folder, "saved_model"))
+        yield os.path.join(folder, "saved_model")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def to_tflite(model, representative: Optional[np.ndarray] = None, input_type: str = "float32",
               output_type: str = "float32", per_channel: bool = True) -> bytes:
     """A Keras 3 or tf_keras image model as `.tflite` bytes.
 
     Args:
-      model: the model to convert (probabilities out).
+      model: the model to convert (probabilities out), or what `exported(model)` yields.
       representative: float32 images [N, H, W, 3] in [0, 255] for full-integer quantization
         (int8 kernels and activations, TFLITE_BUILTINS_INT8 only); None converts to float32.
         A quantization-aware-trained model (tfmot's default scheme) keeps its own ranges: the
@@ -57,7 +82,10 @@ def to_tflite(model, representative: Optional[np.ndarray] = None, input_type: st
     for kind in (input_type, output_type):
         if kind not in _TF_TYPES:
             raise ValueError(f"tensor type must be one of {sorted(_TF_TYPES)}, got {kind!r}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if isinstance(model, (str, os.PathLike)):
+        converter = tf.lite.TFLiteConverter.from_saved_model(os.fspath(model))
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if representative is not None:
         images = np.asarray(representative, np.float32)
 

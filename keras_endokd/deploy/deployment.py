@@ -44,7 +44,7 @@ import numpy as np
 from keras_endokd import atomic_files
 from keras_endokd.data.source import DatasetSource
 from keras_endokd.deploy import micro
-from keras_endokd.deploy.convert import (check_pixel_input, input_quantization,
+from keras_endokd.deploy.convert import (check_pixel_input, exported, input_quantization,
                                          probability_model, strip_strings, to_tflite)
 from keras_endokd.deploy.export_calibration import calibrate, calibration_files
 from keras_endokd.deploy.export_checks import (DEFAULT_MIN_AGREEMENT, RULE, TFLITE_FILES,
@@ -250,21 +250,23 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
     params = int(sum(np.prod(w.shape) for w in student.trainable_weights))
     meta = dict(labels=source.class_names, name=NAME, description=description(source, params),
                 version=version(), license=LICENSE)
-    int8, int8_scales = _int8_model(integer_source, representative, per_tensor,
-                                    0 if qat else int8_max_bytes)
-    models = {
-        "float32": write_metadata(to_tflite(probabilities), **meta),
-        "int8": int8,
-        "android": write_metadata(to_tflite(integer_source, representative, "uint8", "float32",
-                                            per_channel=not per_tensor), **meta),
-    }
+    with exported(probabilities) as float_source:  # one SavedModel for its conversions
+        integer_converted = float_source if integer_source is probabilities else integer_source
+        int8, int8_scales = _int8_model(integer_source, integer_converted, representative, per_tensor,
+                                        0 if qat else int8_max_bytes)
+        models = {
+            "float32": write_metadata(to_tflite(float_source), **meta),
+            "int8": int8,
+            "android": write_metadata(to_tflite(integer_converted, representative, "uint8", "float32",
+                                                per_channel=not per_tensor), **meta),
+        }
     report["conversion"] = {
         "representative_images": len(representative),
         "weight_scales": int8_scales.pop("weight_scales"),
         "int8_weight_scales": int8_scales,
         "android_weight_scales": "per tensor" if per_tensor else "per output channel",
         "from": "tf_keras QAT model" if qat
-        else "Keras 3 student (TFLiteConverter.from_keras_model)",
+        else "Keras 3 student (exported once as a SavedModel, TFLiteConverter.from_saved_model)",
         "input_quantization": {k: check_pixel_input(m) for k, m in models.items()},
         "output_quantization": {k: input_quantization(m, output=True) for k, m in models.items()},
         "tensor_types": {k: tensor_types(m) for k, m in models.items()},
@@ -330,20 +332,21 @@ def _export(out_dir, student, source, teachers, report, start, *, image_size, sp
     return report
 
 
-def _int8_model(model, representative, per_tensor: bool, max_bytes: int):
+def _int8_model(model, converted, representative, per_tensor: bool, max_bytes: int):
     """student_int8.tflite's bytes, within `max_bytes` when per-channel scales do not fit.
 
-    Returns (bytes, {"weight_scales": summary, ...details}). The layers that keep per-channel
-    scales are chosen on the representative (training) images against the float model.
+    `converted` is what `to_tflite` converts (`convert.exported(model)`). Returns (bytes,
+    {"weight_scales": summary, ...details}). The layers that keep per-channel scales are chosen
+    on the representative (training) images against the float model.
     """
     if per_tensor:
-        return (strip_strings(to_tflite(model, representative, "int8", "int8", per_channel=False)),
+        return (strip_strings(to_tflite(converted, representative, "int8", "int8", per_channel=False)),
                 {"weight_scales": "per tensor"})
-    named = to_tflite(model, representative, "int8", "int8")
+    named = to_tflite(converted, representative, "int8", "int8")
     per_channel = strip_strings(named)
     if not max_bytes or len(per_channel) <= max_bytes:
         return per_channel, {"weight_scales": "per output channel"}
-    per_tensor_model = strip_strings(to_tflite(model, representative, "int8", "int8",
+    per_tensor_model = strip_strings(to_tflite(converted, representative, "int8", "int8",
                                                per_channel=False))
     reference = batched(inference(model), representative)
 
