@@ -5,7 +5,7 @@
 
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 
-// Tensor arena: 127344 bytes measured with TFLM's reference kernels, plus headroom for
+// Tensor arena: 127280 bytes measured with TFLM's reference kernels, plus headroom for
 // optimized kernels' scratch buffers.
 constexpr int kTensorArenaSize = 153600;
 
