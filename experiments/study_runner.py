@@ -85,7 +85,7 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
             builder.setdefault(seeds[i], i)
     built: Set[object] = set()  # seeds whose builder has finished
     seed_caches: Dict[object, Set[str]] = {}
-    before: Dict[int, Set[str]] = {}
+    before: Dict[int, Set[str]] = {}  # a running builder -> the cache folders before it started
 
     def ready(i: int, running: Dict[int, object]) -> bool:
         seed = seeds[i]
@@ -104,12 +104,16 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
             for folder in seed_caches.get(seed, ()):  # GBs each, and only this study's
                 shutil.rmtree(os.path.join(cache_root, folder), ignore_errors=True)
 
+    def started(i: int) -> None:
+        if builder.get(seeds[i]) == i:  # the caches it adds are its seed's
+            before[i] = cache_folders(cache_root)
+
     def log_path(i: int) -> Optional[str]:
         return os.path.join(log_dir, os.path.basename(configs[i].output_dir) + ".log") if workers > 1 else None
 
     if workers <= 1:
         for i in pending:
-            before[i] = cache_folders(cache_root)
+            started(i)
             finished(i, *train(configs[i], None))
         return
     context = multiprocessing.get_context("spawn")  # a fresh TensorFlow in each worker
@@ -121,7 +125,7 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
             while pending or running:
                 for i in [j for j in pending if ready(j, running)][:workers - len(running)]:
                     pending.remove(i)
-                    before[i] = cache_folders(cache_root)
+                    started(i)
                     running[i] = pool.submit(train, configs[i], log_path(i))
                 if not running:
                     raise RuntimeError("study_runner: no job can start (a cache builder is missing)")

@@ -44,7 +44,7 @@ def probability_model(student: keras.Model) -> keras.Model:
 def exported(model) -> Iterator[Union[str, object]]:
     """What `to_tflite` converts, for several conversions of one model: a Keras 3 functional
     model's SavedModel folder (deleted on exit), or any other model itself."""
-    if not (isinstance(model, keras.Model) and isinstance(model, keras.src.models.Functional)):
+    if not isinstance(model, keras.src.models.Functional):
         yield model
         return
     folder = tempfile.mkdtemp(prefix="keras_endokd_export_")

@@ -142,10 +142,10 @@ def choose_per_channel_layers(
     from keras_endokd.console import progress
 
     layers = {layer["op"]: layer for layer in weighted_layers(per_channel_bytes, names_from)}
-    source = _read(per_channel_bytes)
-    _check_same_graph(_read(per_tensor_bytes), source)
+    source, target = _read(per_channel_bytes), _read(per_tensor_bytes)
+    _check_same_graph(target, source)
     chosen: list = []
-    model = _write(_read(per_tensor_bytes))
+    model = _write(target)
     current = error(model)
     start = current
     trail = []
