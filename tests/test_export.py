@@ -18,7 +18,7 @@ from PIL import Image
 from keras_endokd.data.source import DatasetSource, Split
 from keras_endokd.deploy import metadata, micro, twin
 from keras_endokd.deploy.litert import TFLiteModel, tensor_types
-from keras_endokd.deploy.prune import fine_tune_steps, kernel_sparsity
+from keras_endokd.deploy.prune import fine_tune_steps, kernel_sparsity, recalibrate_batchnorm
 from keras_endokd.models.student import build_student
 
 pytestmark = pytest.mark.xdist_group("test_export")  # its module fixtures are built once, on one worker
@@ -152,6 +152,31 @@ def test_pruning_schedule_reaches_target_before_the_end(images, batch, epochs):
 
 
 # ----------------------------------------------------------------------------- end to end
+def test_batchnorm_recalibration_gives_each_layer_its_inputs_exact_statistics():
+    """Each BatchNormalization's moving statistics become its input's mean and (biased) variance
+    over the images, in inference mode, with every earlier BatchNorm already recalibrated: the
+    second layer's input depends on the first's new statistics, so a wrong order fails."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:  # stale statistics, far from the data's
+        gamma, beta, _, _ = layer.get_weights()
+        layer.set_weights([gamma, beta, np.full(4, 5.0, np.float32), np.full(4, 0.01, np.float32)])
+    images = np.random.default_rng(0).uniform(0, 255, (50, 12, 12, 3)).astype(np.uint8)
+    recalibrate_batchnorm(model, images, batch_size=16)  # 50 images: the last batch is partial
+    for layer in bns:
+        x = np.asarray(keras.Model(model.inputs[0], layer.input)(images.astype(np.float32)), np.float64)
+        x = x.reshape(-1, 4)
+        _, _, mean, variance = layer.get_weights()
+        np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(variance, x.var(0), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_export_writes_every_file_and_no_temporaries(exported):
     run_dir, report = exported

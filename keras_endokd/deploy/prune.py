@@ -186,20 +186,37 @@ def recalibrate_batchnorm(model: keras.Model, images: np.ndarray, batch_size: in
     "Pruning"). Li et al. 2020, "EagleEye: Fast Sub-net Evaluation for Efficient Neural Network
     Pruning", recompute the statistics the same way ("adaptive BN").
     """
+    batches = _batches(np.asarray(images), batch_size)
     for layer in model.layers:
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
-        probe = keras.Model(model.inputs[0], layer.input)
+        moments = _input_moments(keras.Model(model.inputs[0], layer.input))
         total, squares, count = 0.0, 0.0, 0
-        for start in range(0, len(images), batch_size):
-            x = np.asarray(probe(np.asarray(images[start:start + batch_size], np.float32),
-                                 training=False), np.float64)
-            x = x.reshape(-1, x.shape[-1])
-            total, squares, count = total + x.sum(0), squares + (x * x).sum(0), count + len(x)
+        for batch in batches:
+            s, q, n = (np.asarray(t) for t in moments(batch))
+            total, squares, count = total + s, squares + q, count + int(n)
         mean = total / count
         variance = np.maximum(squares / count - mean * mean, 0.0)
         gamma, beta = layer.get_weights()[:2]
         layer.set_weights([gamma, beta, mean.astype(np.float32), variance.astype(np.float32)])
+
+
+def _input_moments(probe: keras.Model):
+    """A compiled function of a float32 batch [B, ...]: the float64 sum and sum of squares over
+    every axis but the last (channels) of `probe`'s inference-mode output, and their count.
+
+    Compiled, and reduced before leaving the graph: eager calls and float64 copies of whole
+    activation maps cost more than the forward passes themselves.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def moments(x):
+        y = tf.cast(probe(x, training=False), tf.float64)
+        axes = list(range(len(y.shape) - 1))
+        count = tf.reduce_prod(tf.shape(y)[:-1])
+        return tf.reduce_sum(y, axes), tf.reduce_sum(tf.square(y), axes), count
+
+    return moments
 
 
 def calibration_images(split: Split, count: int = 1024, seed: int = 0) -> np.ndarray:
