@@ -112,6 +112,8 @@ def evaluate(model_path) -> dict:
     else:
         import keras
 
+        import keras_endokd.models  # noqa: F401  (registers the student's layers)
+
         model = keras.saving.load_model(model_path, safe_mode=True)
         size, num_classes = int(model.input_shape[1]), int(model.output_shape[-1])
         model_bytes = None

@@ -140,6 +140,8 @@ class Predictor:
         elif path.endswith(".keras"):
             import keras
 
+            import keras_endokd.models  # noqa: F401  (registers the student's layers)
+
             try:
                 self.model = keras.saving.load_model(path, safe_mode=True)
             except (ValueError, TypeError, OSError) as err:  # incl. code safe_mode refused to run

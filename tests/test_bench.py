@@ -140,8 +140,18 @@ def test_bench_step_times_every_part_of_a_distillation_step():
     from experiments import bench_step
 
     t = bench_step.step_times("relation", ["tiny_resnet"], image_size=32, batch_size=4, rounds=1)
-    assert set(t) == {"student_step_ms", "cached_step_ms", "live_step_ms", "teacher_forwards_ms"}
+    assert set(t) == {"student_step_ms", "keras_batchnorm_student_step_ms", "cached_step_ms", "live_step_ms",
+                      "teacher_forwards_ms"}
     assert all(v > 0 for v in t.values())
+    from keras_endokd.models.fused_batchnorm import FusedBatchNormalization
+    from keras_endokd.models.student import build_student
+
+    student = build_student(8, 32)
+    unfused = bench_step.with_keras_batchnorm(student)
+    kinds = [type(layer).__name__ for layer in unfused.layers]
+    assert "FusedBatchNormalization" not in kinds and kinds.count("BatchNormalization") == 13
+    assert sum(isinstance(layer, FusedBatchNormalization) for layer in student.layers) == 13
+    assert unfused.count_params() == student.count_params()
 
 
 def test_pair_probe_reports_each_width_and_refuses_bad_flags(capsys):

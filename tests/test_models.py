@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_endokd.models.fused_batchnorm import FusedBatchNormalization
 from keras_endokd.models.student import build_student, student_param_table, trainable_param_count
 from keras_endokd.models.taps import FEATURE_TAPS, LOGITS, tap_model
 from keras_endokd.models.teachers import TEACHER_NAMES, build_teacher, load_teacher
@@ -21,6 +22,31 @@ def test_student_has_the_papers_size():
     assert trainable_param_count(student) == 51_640
     assert abs(trainable_param_count(student) - 51_800) <= 1_000
     assert sum(n for _, n in student_param_table(student)) == trainable_param_count(student)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batchnorm_computes_what_keras_batchnorm_computes(training):
+    """Outputs, gradients (input, gamma, beta) and the updated moving statistics of one step equal
+    Keras' BatchNormalization's, whose moving variance is the biased batch variance."""
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(0).normal(3, 2, (4, 6, 6, 5)).astype(np.float32))
+    gamma = np.random.default_rng(1).normal(size=5).astype(np.float32)
+    results = []
+    for layer in (keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)):
+        layer.build(x.shape)
+        layer.set_weights([gamma, 0.5 * gamma, np.ones(5, np.float32), np.full(5, 2.0, np.float32)])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        grads = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+        results.append([np.asarray(t) for t in (y, *grads, *layer.get_weights()[2:])])
+    assert FusedBatchNormalization(momentum=0.9)._fusable(x, True, None)  # the fused kernel ran
+    for name, keras_value, fused_value in zip(("y", "dx", "dgamma", "dbeta", "mean", "var"), *results):
+        np.testing.assert_allclose(fused_value, keras_value, rtol=1e-5, atol=1e-4, err_msg=name)
+    if training:
+        assert not np.allclose(results[1][4], 1.0)  # the moving statistics moved
 
 
 def test_student_taps_and_logits_shapes():

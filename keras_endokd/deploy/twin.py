@@ -63,6 +63,8 @@ _TWINS = {
                              use_bias=c.get("use_bias", True))),
     "Softmax": (lambda: tf_keras.layers.Softmax, lambda c: dict(axis=c.get("axis", -1))),
 }
+# The student's BatchNormalization, trained through the fused kernel: tf_keras' own is fused too.
+_TWINS["FusedBatchNormalization"] = _TWINS["BatchNormalization"]
 
 
 def _twin_layer(layer, classes):

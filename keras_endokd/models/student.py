@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_endokd.models.fused_batchnorm import FusedBatchNormalization
 from keras_endokd.models.taps import BN_MOMENTUM, FEATURE_TAPS, LOGITS
 
 # (depthwise stride, pointwise filters, tap name or None), after the stem.
@@ -51,7 +52,7 @@ _STEM_FILTERS = 16
 
 def _conv_bn_relu(x, layer, name):
     x = layer(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(max_value=6.0, name=f"{name}_relu")(x)
 
 

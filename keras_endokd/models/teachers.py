@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 import keras
 
+from keras_endokd.models.fused_batchnorm import FusedBatchNormalization
 from keras_endokd.models.preprocess import ImageNetPreprocess
 from keras_endokd.models.student import separable_cnn
 from keras_endokd.models.taps import BN_MOMENTUM, FEATURE_TAPS, LOGITS, tap_model
@@ -183,5 +184,5 @@ def _conv_bn(x, filters, kernel, stride, name, relu=True):
     x = keras.layers.Conv2D(
         filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
