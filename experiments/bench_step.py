@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         tf.config.experimental.enable_op_determinism()
     t = step_times(FLAGS.kd, FLAGS.teachers, FLAGS.image_size, FLAGS.batch_size, FLAGS.rounds)
     for name, ms in t.items():
-        print(f"{name:22s} {ms:8.1f}")
+        print(f"{name:32s} {ms:8.1f}")
     t["speedup_measured"] = t["live_step_ms"] / t["cached_step_ms"]
     t["fused_batchnorm_speedup"] = t["keras_batchnorm_student_step_ms"] / t["student_step_ms"]
     t["speedup_ceiling_free_distillation"] = (t["student_step_ms"] + t["teacher_forwards_ms"]) / t["student_step_ms"]

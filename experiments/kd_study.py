@@ -80,7 +80,7 @@ flags.DEFINE_list("ablations", None, "The ablation methods to run over --ablatio
 # The train command's schedule and views: the study measures what a user of the main job gets.
 flags.DEFINE_integer("epochs", 20, "Student epochs of every run.", **_F)
 flags.DEFINE_integer("teacher_epochs", 48, "Epochs of each teacher (trained once).", **_F)
-flags.DEFINE_list("teachers", ["mobile_x3", "mobile_x2"], "Teacher registry names.", **_F)
+flags.DEFINE_list("teachers", ["mobile_x3", "mobile_x2", "small_resnet"], "Teacher registry names.", **_F)
 flags.DEFINE_integer("image_size", 128, "Square input size, pixels.", **_F)
 flags.DEFINE_integer("batch_size", 32, "Batch size.", **_F)
 flags.DEFINE_integer("teacher_views", 4, "Augmented views per training image: the input stream every "

@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     from experiments.kd_study_report import paired
     from experiments.study_methods import HEADLINE, Method
     from keras_endokd import atomic_files
+    from keras_endokd.models.teachers import DEFAULT_TEACHERS
     from keras_endokd.pipeline import run
     from keras_endokd.run_config import RunConfig
 
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     for epochs in grid:
         study = Study(dataset="synthetic", data_dir=None, split_file=None, folds=[0], crop_border=False,
                       seeds=seeds, ablation_seeds=[], epochs=epochs, teacher_epochs=RunConfig.teacher_epochs,
-                      teachers=["mobile_x3", "mobile_x2"], image_size=128, batch_size=32, teacher_views=4,
+                      teachers=list(DEFAULT_TEACHERS), image_size=128, batch_size=32, teacher_views=4,
                       data_seed=0, teacher_seed=0, heads_grid=[4], temperature_grid=[4.0],
                       temperature_kd="relation", latency_runs=1, representative=256,
                       output_dir=os.path.join(FLAGS.output_dir, f"epochs{epochs}"),

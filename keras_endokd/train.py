@@ -54,7 +54,7 @@ flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"],
 flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.", **_F)
 flags.DEFINE_list("teachers", None, "Teachers: registry names (mobile_x3, mobile_x2, mobile_hr, small_resnet, small_plaincnn, "
                   "small_deepresnet, tiny_resnet, resnet50, densenet121, mobilenetv2, efficientnetb0) "
-                  "or paths of saved .keras teachers. Default: mobile_x3,mobile_x2.", **_F)
+                  "or paths of saved .keras teachers. Default: mobile_x3,mobile_x2,small_resnet.", **_F)
 flags.DEFINE_string("teacher_weights", None, "Initial teacher weights: none (offline) or imagenet "
                     "(keras.applications teachers; downloads).", **_F)
 flags.DEFINE_string("teacher_dir", None, "Where trained teachers are kept and reused "
@@ -132,7 +132,7 @@ WEIGHT_TERMS = ("response", "feature", "attention", "relation", "relation_rkd", 
 TEACHER_NAMES = ("densenet121", "efficientnetb0", "mobile_hr", "mobile_x2", "mobile_x3", "mobilenetv2",
                  "resnet50", "small_deepresnet", "small_plaincnn", "small_resnet", "tiny_resnet")
 IMAGENET_TEACHERS = ("densenet121", "efficientnetb0", "mobilenetv2", "resnet50")  # keras.applications
-DEFAULT_TEACHERS = ("mobile_x3", "mobile_x2")
+DEFAULT_TEACHERS = ("mobile_x3", "mobile_x2", "small_resnet")
 FUSION_WIDTH = 64  # distill.fusion_distillation.FusionDistillation's width: --heads must divide it
 # Folds of the k-fold datasets without a split file (data.kvasir.load, data.hyper_kvasir.load).
 DEFAULT_FOLDS = {"kvasir_v2": 2, "hyper_kvasir": 2}

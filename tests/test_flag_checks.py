@@ -51,7 +51,7 @@ BAD_TRAIN_FLAGS = [
     (["--kd=relation,relation"], "loss_fusion_ce, loss_relation, loss_relation_kd, loss_relation_rkd twice"),
     (["--kd=none,response"], "--kd=none cannot be combined"),
     (["--kd=crd"], "Unknown --kd method(s) ['crd']"),
-    (["--teacher_weights=imagenet"], "--teacher_weights=imagenet: the teacher(s) mobile_x3, mobile_x2 have no "
+    (["--teacher_weights=imagenet"], "--teacher_weights=imagenet: the teacher(s) mobile_x3, mobile_x2, small_resnet have no "
                                      "ImageNet weights (the default teachers)"),
     (["--teacher_weights=imagenet", "--teachers=resnet50,tiny_resnet"], "the teacher(s) tiny_resnet have no"),
     (["--ce_weight=-1"], "--ce_weight=-1.0 is impossible: a loss weight must be a number >= 0"),
@@ -61,7 +61,7 @@ BAD_TRAIN_FLAGS = [
                                     "distillation, a number from 0 to 1"),
     (["--student_loss_weight=0.3", "--ce_weight=1"], "--student_loss_weight=0.3 and --ce_weight=1.0 both set"),
     (["--teacher_taps=a,b,c,d"], "--teacher_taps=a,b,c,d: expected one to three layer names, shallow to deep"),
-    (["--kd=relation", "--teacher_taps=conv4_block6_out"], "but mobile_x3, mobile_x2 come from the registry"),
+    (["--kd=relation", "--teacher_taps=conv4_block6_out"], "but mobile_x3, mobile_x2, small_resnet come from the registry"),
     (["--kd=fitnets", "--student_taps=block3"], "--student_taps=block3 names feat_3 only, but --kd=fitnets also "
                                                 "reads feat_2: give 2 layer names"),
     (["--kd=attention_transfer", "--student_taps=b2,b3"], "also reads feat_1: give 3 layer names"),

@@ -78,7 +78,7 @@ _SMALL = {
 _MOBILE = {"mobile_x2": (2.0, 2), "mobile_x3": (3.0, 2), "mobile_hr": (1.0, 1)}
 
 TEACHER_NAMES = tuple(sorted((*_APPLICATIONS, *_SMALL, *_MOBILE)))
-DEFAULT_TEACHERS = ("mobile_x3", "mobile_x2")
+DEFAULT_TEACHERS = ("mobile_x3", "mobile_x2", "small_resnet")
 
 
 def build_teacher(
