@@ -173,7 +173,8 @@ def training_callbacks(run_dir: str, resume: bool) -> list:
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Raises `NonFiniteLossError` at the first batch whose loss is NaN or infinite.
+    """Raises `NonFiniteLossError` at the first batch whose loss is NaN or infinite, or at the end
+    of an epoch whose validation loss is.
 
     Keras' `TerminateOnNaN` only sets `stop_training`: the epoch still ends, `BackupAndRestore`
     then saves the NaN weights over the last good ones, and the run writes a broken student.
@@ -187,6 +188,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        # A training loss can stay finite while the weights or BatchNorm statistics overflow
+        # (inference gives NaN): the validation loss, computed in inference mode, shows it.
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            kept = (f"the weights of the last completed epoch ({epoch}) are kept in {self.checkpoint_dir}"
+                    if epoch else "no epoch had completed")
+            raise NonFiniteLossError(
+                f"the validation loss became {float(loss)} at epoch {epoch + 1} (the training loss "
+                f"{float(logs.get('loss', float('nan'))):.3g}): the model diverged; {kept}. Lower "
+                "--learning_rate (or a loss weight) and start again."
+            )
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")

@@ -109,7 +109,8 @@ def test_the_train_command_reports_a_diverging_loss(tmp_path, capsys):
                        "--nodeterministic", f"--output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
-    assert "training loss became" in err and "Traceback" not in err
+    # the training loss (or, where it stays finite, the validation loss) became non-finite
+    assert "loss became" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "student.keras").exists()
 
 
