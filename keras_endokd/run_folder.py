@@ -189,24 +189,26 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
+    def _kept(self, completed: int) -> str:
+        """What the checkpoint holds after `completed` epochs, for the error message."""
+        return (f"the weights of the last completed epoch ({completed}) are kept in {self.checkpoint_dir}"
+                if completed else "no epoch had completed")
+
     def on_epoch_end(self, epoch, logs=None):
         # A training loss can stay finite while the weights or BatchNorm statistics overflow
         # (inference gives NaN): the validation loss, computed in inference mode, shows it.
         loss = (logs or {}).get("val_loss")
         if loss is not None and not math.isfinite(float(loss)):
-            kept = (f"the weights of the last completed epoch ({epoch}) are kept in {self.checkpoint_dir}"
-                    if epoch else "no epoch had completed")
             raise NonFiniteLossError(
                 f"the validation loss became {float(loss)} at epoch {epoch + 1} (the training loss "
-                f"{float(logs.get('loss', float('nan'))):.3g}): the model diverged; {kept}. Lower "
+                f"{float(logs.get('loss', float('nan'))):.3g}): the model diverged; {self._kept(epoch)}. Lower "
                 "--learning_rate (or a loss weight) and start again."
             )
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            kept = (f"the weights of the last completed epoch ({self.epoch}) are kept in "
-                    f"{self.checkpoint_dir}" if self.epoch else "no epoch had completed")
+            kept = self._kept(self.epoch)
             raise NonFiniteLossError(
                 f"the training loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}; "
                 f"{kept}. Lower --learning_rate (or a loss weight) and start again, or, if the "
