@@ -7,7 +7,7 @@ second. Each worker process gets `os.cpu_count() // jobs` threads (at least 1).
 
 Order: jobs start in the study's order (seed by seed). A seed's runs with teachers share one
 teacher cache on disk, so the first of them builds it alone: the others of that seed wait for
-it, and only one such builder runs at a time (teachers not yet in the store are trained by
+it (so does its student alone on the views, which reads the views the builder stored), and only one such builder runs at a time (teachers not yet in the store are trained by
 the first builder, before any other run needs them). The caches a builder adds are its seed's;
 they are deleted once every run of that seed is done, unless `keep_caches`.
 
@@ -71,10 +71,14 @@ def train_one(cfg, log_path: Optional[str] = None) -> tuple:
 
 def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: str,
              keep_caches: bool, workers: int, log_dir: str,
-             on_done: Callable[[int, dict, float], None], train: Callable = train_one) -> None:
+             on_done: Callable[[int, dict, float], None], train: Callable = train_one,
+             reads_views: Optional[List[bool]] = None) -> None:
     """Trains `configs[i]` (None: reused, nothing to train) for every job i; calls
     `on_done(i, metrics, seconds)` in the parent as each finishes. `workers` 1: in this process.
-    `train(cfg, log_path) -> (metrics, seconds)`: `train_one`; in workers, a module-level function."""
+    `train(cfg, log_path) -> (metrics, seconds)`: `train_one`; in workers, a module-level function.
+    `reads_views[i]`: job i has no teachers but reads the views its seed's cache builder stores
+    (the student alone on the views), so it waits for the builder too; it builds (the views
+    alone) only where its seed has no run with teachers left to train."""
     pending = [i for i, cfg in enumerate(configs) if cfg is not None]
     left_per_seed: Dict[object, int] = {}
     for i in pending:
@@ -83,13 +87,16 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
     for i in pending:
         if uses_teachers[i]:
             builder.setdefault(seeds[i], i)
+    for i in pending:  # a seed with nothing else to train: its student alone stores the views
+        if reads_views and reads_views[i]:
+            builder.setdefault(seeds[i], i)
     built: Set[object] = set()  # seeds whose builder has finished
     seed_caches: Dict[object, Set[str]] = {}
     before: Dict[int, Set[str]] = {}  # a running builder -> the cache folders before it started
 
     def ready(i: int, running: Dict[int, object]) -> bool:
         seed = seeds[i]
-        if not uses_teachers[i] or seed in built:
+        if seed in built or not (uses_teachers[i] or (reads_views and reads_views[i])):
             return True
         return builder[seed] == i and not any(builder.get(seeds[j]) == j for j in running)
 

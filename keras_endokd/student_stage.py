@@ -103,13 +103,17 @@ def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, disti
     # The augmentation layers' draws follow TensorFlow's global seed: reset it here, so that every
     # arm renders the same views whatever ran before (teacher training, another run in-process).
     keras.utils.set_random_seed(cfg.seed)
-    key = cache_key(distiller.teachers if cached else [], data_fingerprint(source, ("train",)), taps,
-                    **{k: getattr(cfg, k) for k in ("image_size", "crop_border", "seed", "teacher_views")})
+    views = {k: getattr(cfg, k) for k in ("image_size", "crop_border", "seed", "teacher_views")}
+    views_key = cache_key([], data_fingerprint(source, ("train",)), [], **views)
+    key = cache_key(distiller.teachers, views_key, taps) if cached else views_key
+    root = os.path.join(cfg.resolved_teacher_dir(), "cache")
     cache = TeacherCache.build(
         source.splits["train"], graphs, cfg.image_size, num_views=cfg.teacher_views,
         seed=cfg.seed, crop_border=cfg.crop_border,
-        mode=cfg.teacher_cache if cached else "auto",
-        folder=os.path.join(cfg.resolved_teacher_dir(), "cache", key),
+        # the student alone follows --teacher_cache=disk too: it then reads the views its
+        # distilled arms stored (a study's), or stores them for them
+        mode=cfg.teacher_cache if cached or cfg.teacher_cache == "disk" else "auto",
+        folder=os.path.join(root, key), views_folder=os.path.join(root, views_key),
     )
     where = f"on disk at {cache.folder}" if cache.folder else "in memory"
     what = "teacher cache" if cached else "training views (no teacher outputs)"

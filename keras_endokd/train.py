@@ -318,8 +318,11 @@ def flag_warnings(names: list) -> list:
     teacher_flags = ["teachers", "teacher_weights", "teacher_dir", "teacher_epochs", "teacher_learning_rate",
                      "shipped_teachers", "teacher_cache"]
     if names == ["none"]:
-        # --teacher_views still sets the views of --train_inputs=views without teachers.
-        unused(teacher_flags + (["teacher_views"] if FLAGS.train_inputs == "fresh" else []),
+        # --teacher_views still sets the views of --train_inputs=views without teachers, and
+        # --teacher_cache=disk keeps them on disk under --teacher_dir, shared with distilled runs.
+        views_on_disk = FLAGS.train_inputs == "views" and FLAGS.teacher_cache == "disk"
+        unused([f for f in teacher_flags if not (views_on_disk and f in ("teacher_cache", "teacher_dir"))]
+               + (["teacher_views"] if FLAGS.train_inputs == "fresh" else []),
                "--kd=none trains the student alone, without teachers")
     else:
         if FLAGS.teachers and all(n.endswith(".keras") for n in FLAGS.teachers):

@@ -209,6 +209,9 @@ def test_a_flag_without_effect_warns_and_the_flags_still_parse(tmp_path, capsys)
     (["--kd=response,relation", "--heads=2", "--epochs=6", "--sparsity=0", "--image_size=32", "--teacher_epochs=1",
       "--teachers=tiny_resnet", "--teacher_views=2", "--min_agreement=0"], []),
     (["--kd=none", "--teacher_views=2"], []),  # the views of --train_inputs=views, teachers or not
+    (["--kd=none", "--teacher_cache=disk", "--teacher_dir=T"], []),  # the views, shared on disk
+    (["--kd=none", "--teacher_cache=memory", "--teacher_dir=T"],
+     ["--teacher_dir=T, --teacher_cache=memory have no effect: --kd=none"]),
     (["--kd=none", "--train_inputs=fresh", "--teacher_views=2"], ["--teacher_views=2 has no effect: --kd=none"]),
     (["--kd=none", "--teachers=tiny_resnet", "--teacher_epochs=3", "--teacher_cache=off", "--noshipped_teachers"],
      ["--teachers=tiny_resnet, --teacher_epochs=3, --noshipped_teachers, --teacher_cache=off have no effect: "

@@ -81,3 +81,20 @@ def test_a_failed_run_stops_the_study_and_names_its_log(tmp_path):
     with pytest.raises(RuntimeError, match="run0 failed.*run0.log"):
         run_jobs(configs, teachers, seeds, cache_root, keep_caches=False, workers=2,
                  log_dir=str(tmp_path / "logs"), on_done=lambda *a: None, train=fake_train)
+
+
+def test_the_student_alone_on_the_views_waits_for_the_builder_whose_views_it_reads(tmp_path):
+    """Listed first, seed 0's student alone on the views (job 0) starts once the seed's builder
+    (job 2) has stored the views; seed 1 has no run with teachers, so its student alone (job 4)
+    stores the views itself, as that seed's builder (one builder at a time; deleted after)."""
+    plan = [(0, False, False), (0, False, False), (0, True, False), (0, True, False), (1, False, False)]
+    configs, teachers, seeds, cache_root = _jobs(tmp_path, plan)
+    configs[0].reads, configs[4].builds = "cache-seed0", "cache-seed1"
+    done = []
+    run_jobs(configs, teachers, seeds, cache_root, keep_caches=False, workers=2,
+             log_dir=str(tmp_path / "logs"), on_done=lambda i, *a: done.append(i), train=fake_train,
+             reads_views=[True, False, False, False, True])
+    ran = {i: json.loads((tmp_path / f"run{i}" / "ran.json").read_text()) for i in done}
+    assert sorted(done) == [0, 1, 2, 3, 4] and ran[0]["start"] >= ran[2]["end"]
+    assert ran[4]["start"] >= ran[2]["end"] or ran[4]["end"] <= ran[2]["start"]
+    assert os.listdir(cache_root) == []

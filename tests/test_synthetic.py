@@ -90,6 +90,21 @@ def test_load_gives_balanced_in_memory_splits():
     np.testing.assert_array_equal(again.splits["val"].images, source.splits["val"].images)
 
 
+def test_load_draws_the_same_arguments_once_and_hands_out_read_only_pixels(monkeypatch):
+    sizes = {"train": 2, "val": 1, "test": 1}
+    first = load(image_size=32, seed=11, split_sizes=sizes)
+    drawn = []
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: drawn.append(a) or generate(*a, **k))
+    again = load(image_size=32, seed=11, split_sizes=dict(sizes))
+    assert drawn == [] and again is not first and again.splits is not first.splits
+    assert again.splits["train"].images is first.splits["train"].images
+    with pytest.raises(ValueError, match="read-only"):
+        again.splits["train"].images[0, 0, 0] = 0
+    np.testing.assert_array_equal(again.splits["test"].images, generate(again.splits["test"].labels, 32, 11, "test"))
+    other = load(image_size=32, seed=12, split_sizes=sizes)  # other arguments: drawn again
+    assert len(drawn) == 3 and not np.array_equal(other.splits["train"].images, first.splits["train"].images)
+
+
 def test_default_split_sizes():
     assert synthetic.DEFAULT_SPLIT_SIZES == {"train": 160, "val": 40, "test": 100}
 

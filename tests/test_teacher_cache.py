@@ -50,9 +50,35 @@ def test_disk_cache_is_reopened_not_rebuilt_and_partial_builds_are_discarded(set
     marked = int(first.views[0, 0, 0, 0, 0])
     again = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="disk", folder=folder)
     assert int(again.views[0, 0, 0, 0, 0]) == marked
-    (tmp_path / "c" / "complete.json").unlink()  # as if the build had been killed
+    (tmp_path / "c" / "complete.json").unlink()  # killed while running the teachers: the views stay
+    rerun = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="disk", folder=folder)
+    assert int(rerun.views[0, 0, 0, 0, 0]) == marked and (tmp_path / "c" / "complete.json").is_file()
+    (tmp_path / "c" / "views_complete.json").unlink()  # killed while rendering: everything again
     rebuilt = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, mode="disk", folder=folder)
     assert int(rebuilt.views[0, 0, 0, 0, 0]) != marked
+
+
+def test_caches_of_the_same_views_share_them_on_disk(setup, tmp_path, monkeypatch):
+    """A teacher cache renders the views into `views_folder`; the student alone's cache of the same
+    views then opens them, and a cache of other teachers only runs its teachers on them."""
+    from keras_endokd.distill import teacher_cache
+
+    split, d = setup
+    views = str(tmp_path / "views")
+    built = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, seed=3, mode="disk",
+                               folder=str(tmp_path / "outputs"), views_folder=views)
+    assert sorted(p.name for p in (tmp_path / "views").iterdir()) == ["views.npy", "views_complete.json"]
+    monkeypatch.setattr(teacher_cache, "build_augmenter", lambda *a: pytest.fail("rendered the views again"))
+    alone = TeacherCache.build(split, [], 32, num_views=2, seed=3, mode="disk", folder=views)
+    np.testing.assert_array_equal(alone.views, built.views)
+    assert alone.stream_fingerprint(3) == built.stream_fingerprint(3)
+    other = build_teacher("tiny_resnet", 3, 32)
+    graphs = Distiller(student=build_student(3, 32), teacher=other,
+                       distillation_losses=build_losses("response", heads=2)).teacher_tap_models
+    rerun = TeacherCache.build(split, graphs, 32, num_views=2, seed=3, mode="disk",
+                               folder=str(tmp_path / "other"), views_folder=views)
+    live = graphs[0](np.asarray(built.views[1, :8], np.float32), training=False)["logits"]
+    np.testing.assert_allclose(np.asarray(rerun.outputs["0/logits"][1, :8], np.float32), live, atol=2e-2, rtol=1e-2)
 
 
 def test_cache_key_changes_with_teachers_data_and_settings(setup):

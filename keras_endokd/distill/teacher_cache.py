@@ -59,6 +59,28 @@ def cache_key(teachers: Sequence[keras.Model], data_fingerprint: str, taps: Sequ
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# The markers a disk cache writes last: its views, and its teachers' outputs, are complete.
+VIEWS_DONE, OUTPUTS_DONE = "views_complete.json", "complete.json"
+
+
+def _mark(folder: str, marker: str, views_shape: tuple, **more) -> None:
+    with open(os.path.join(folder, marker), "w") as f:
+        json.dump({"views": views_shape[0], "images": views_shape[1], **more}, f)
+
+
+def _complete(folder: str, marker: str, views_shape: tuple) -> bool:
+    path = os.path.join(folder, marker)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        done = json.load(f)
+    return (done.get("views"), done.get("images")) == tuple(views_shape[:2])
+
+
+def _load(folder: str, name: str) -> np.ndarray:
+    return np.load(os.path.join(folder, f"{name.replace('/', '__')}.npy"), mmap_mode="r")
+
+
 class TeacherCache:
     """Views of a training split and the teachers' outputs on them.
 
@@ -96,12 +118,18 @@ class TeacherCache:
         mode: str = "auto",
         folder: Optional[str] = None,
         batch_size: int = 32,
+        views_folder: Optional[str] = None,
     ) -> "TeacherCache":
         """Renders the views and runs each teacher's tap model once per view.
 
         `teacher_graphs` are the Distiller's teacher tap models (`{tap: tensor}` outputs); none:
         the views alone (the student-alone arm's input stream, or live teachers on the views).
-        `mode="disk"` (or `auto` over AUTO_MEMORY_LIMIT_BYTES) memory-maps under `folder`.
+        `mode="disk"` (or `auto` over AUTO_MEMORY_LIMIT_BYTES) memory-maps the teachers' outputs
+        under `folder` and the views under `views_folder` (default: `folder`). The views depend on
+        the data, the preprocessing, the seed and the view count, not on the teachers: given their
+        own folder, every cache of the same views shares them, so the student-alone arm of a study
+        reads the views its distilled arms rendered instead of rendering them again, and a cache
+        of new teachers only runs the teachers.
         """
         if mode not in CACHE_MODES or mode == "off":
             raise ValueError(f"Cache mode must be one of auto, memory, disk; got {mode!r}.")
@@ -110,57 +138,65 @@ class TeacherCache:
         shapes = {f"{t}/{tap}": tuple(g.output[tap].shape[1:]) for t, g in enumerate(teacher_graphs) for tap in taps}
         nbytes = num_views * n * (image_size * image_size * 3 + 2 * sum(int(np.prod(s)) for s in shapes.values()))
         on_disk = mode == "disk" or (mode == "auto" and nbytes > AUTO_MEMORY_LIMIT_BYTES)
+        views_shape = (num_views, n, image_size, image_size, 3)
+        rendered = None  # the stored views, when a cache of the same views rendered them already
         if on_disk:
             if folder is None:
                 raise ValueError("A disk cache needs a folder.")
-            if os.path.isfile(os.path.join(folder, "complete.json")):
-                return cls._open(folder, split.labels, len(teacher_graphs), taps)
-            shutil.rmtree(folder, ignore_errors=True)  # an interrupted build: start over
-            os.makedirs(folder)
+            views_folder = views_folder or folder
+            if _complete(views_folder, VIEWS_DONE, views_shape):
+                if not teacher_graphs or _complete(folder, OUTPUTS_DONE, views_shape):
+                    return cls._open(folder, views_folder, split.labels, len(teacher_graphs), taps)
+                rendered = _load(views_folder, "views")
+            else:  # never built, or interrupted: start over
+                shutil.rmtree(views_folder, ignore_errors=True)
+            if folder != views_folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder, exist_ok=True)
+            os.makedirs(views_folder, exist_ok=True)
 
-        def array(name, shape, dtype):
+        def array(name, shape, dtype, where):
             if on_disk:
-                return np.lib.format.open_memmap(os.path.join(folder, f"{name.replace('/', '__')}.npy"),
+                return np.lib.format.open_memmap(os.path.join(where, f"{name.replace('/', '__')}.npy"),
                                                  mode="w+", dtype=dtype, shape=shape)
             return np.empty(shape, dtype)
 
-        views = array("views", (num_views, n, image_size, image_size, 3), np.uint8)
-        outputs = {k: array(k, (num_views, n, *s), np.float16) for k, s in shapes.items()}
+        views = rendered if rendered is not None else array("views", views_shape, np.uint8, views_folder)
+        outputs = {k: array(k, (num_views, n, *s), np.float16, folder) for k, s in shapes.items()}
         plain = image_dataset(split, image_size, crop_border).batch(batch_size)
         # Compiled forward passes: eager calls of a functional model cost several times more.
         forwards = [tf.function(lambda x, g=graph: g(x, training=False)) for graph in teacher_graphs]
-        what = "rendering the views and the teachers' outputs" if teacher_graphs else "rendering the views"
+        what = ("running the teachers on the stored views" if rendered is not None else
+                "rendering the views and the teachers' outputs" if teacher_graphs else "rendering the views")
         bar = progress(num_views * n, what)
         for v in range(num_views):
-            augmenter = build_augmenter(seed * 1000 + v)
-            start = 0
-            for batch in plain:
-                view = augmenter(tf.cast(batch, tf.float32), training=True)
-                view = tf.cast(tf.clip_by_value(tf.round(view), 0, 255), tf.uint8)
-                stop = start + int(view.shape[0])
-                views[v, start:stop] = view.numpy()
-                pixels = tf.cast(view, tf.float32)  # teachers see exactly the stored uint8 view
+            if rendered is None:
+                augmenter, images = build_augmenter(seed * 1000 + v), iter(plain)
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                if rendered is None:
+                    view = augmenter(tf.cast(next(images), tf.float32), training=True)
+                    views[v, start:stop] = tf.cast(tf.clip_by_value(tf.round(view), 0, 255), tf.uint8).numpy()
+                pixels = tf.constant(views[v, start:stop], tf.float32)  # exactly the stored uint8 view
                 for t, forward in enumerate(forwards):
                     for tap, value in forward(pixels).items():
                         outputs[f"{t}/{tap}"][v, start:stop] = keras.ops.convert_to_numpy(value)
-                start = stop
-                bar.update(int(view.shape[0]))
+                bar.update(stop - start)
         bar.close()
         cache = cls(views, outputs, split.labels, len(teacher_graphs), taps, folder if on_disk else None)
         if on_disk:
-            for a in (views, *outputs.values()):
+            for a in outputs.values():
                 a.flush()
-            with open(os.path.join(folder, "complete.json"), "w") as f:
-                json.dump({"views": num_views, "images": n, "taps": taps, "teachers": len(teacher_graphs)}, f)
+            if rendered is None:
+                views.flush()
+                _mark(views_folder, VIEWS_DONE, views_shape)
+            _mark(folder, OUTPUTS_DONE, views_shape, taps=taps, teachers=len(teacher_graphs))
         return cache
 
     @classmethod
-    def _open(cls, folder, labels, num_teachers, taps):
-        def load(name):
-            return np.load(os.path.join(folder, f"{name.replace('/', '__')}.npy"), mmap_mode="r")
-
-        outputs = {f"{t}/{tap}": load(f"{t}/{tap}") for t in range(num_teachers) for tap in taps}
-        return cls(load("views"), outputs, labels, num_teachers, taps, folder)
+    def _open(cls, folder, views_folder, labels, num_teachers, taps):
+        outputs = {f"{t}/{tap}": _load(folder, f"{t}/{tap}") for t in range(num_teachers) for tap in taps}
+        return cls(_load(views_folder, "views"), outputs, labels, num_teachers, taps, folder)
 
     def stream(self, seed: int = 0) -> tf.data.Dataset:
         """(image index, view index) pairs of one epoch, reshuffled and redrawn each epoch.
