@@ -4,14 +4,16 @@ Beyer et al. 2022 ("Knowledge distillation: a good teacher is patient and consis
 distillation gains grow with the number of epochs, while a student trained alone stops improving
 (or overfits). With the teacher cache an epoch of distillation costs about what an epoch of the
 student alone costs, so a longer schedule is affordable. This script measures it on the embedded
-data: the student alone and the headline (relation, attention fusion) over `--seeds`, at each
-schedule of `--epochs_grid`, every arm of a seed on the same input stream (the study's protocol,
-experiments/README.md), paired by seed at each schedule.
+data: the student alone and `--methods` (default: the headline, relation with attention fusion)
+over `--seeds`, at each schedule of `--epochs_grid`, every arm of a seed on the same input stream
+(the study's protocol, experiments/README.md), each paired by seed with the student alone at each
+schedule.
 
 It reuses experiments.kd_study's run settings and resume logic: finished runs in
 `--output_dir/runs/` are reused, interrupted ones resumed.
 
     python -m experiments.schedule_study [--epochs_grid=20,40] [--seeds=0,1,2]
+        [--methods=relation-attention,relation-mean]
 
 Prints a Markdown table and writes `--output_dir/schedule.json`.
 """
@@ -31,6 +33,9 @@ from keras_endokd.cli import UsageError, fail, parse_flags  # noqa: E402
 FLAGS = flags.FlagValues()
 flags.DEFINE_list("epochs_grid", ["20", "40"], "Student schedules (epochs) to compare.", flag_values=FLAGS)
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.", flag_values=FLAGS)
+flags.DEFINE_list("methods", ["relation-attention"], "Distillation methods (kd_study run names: "
+                  "relation-attention, relation-mean, feature, response, ...) paired with the student alone.",
+                  flag_values=FLAGS)
 flags.DEFINE_string("output_dir", "runs/schedule_study", "Study folder.", flag_values=FLAGS)
 flags.DEFINE_string("teacher_dir", None, "Teachers and caches (default OUTPUT_DIR/teachers).",
                     flag_values=FLAGS)
@@ -47,12 +52,17 @@ def main(argv=None) -> int:
             raise ValueError("need at least one schedule of >= 1 epoch and one seed")
     except ValueError as err:
         return fail(UsageError(f"--epochs_grid and --seeds take comma-separated integers: {err}"))
+    from experiments.study_methods import ABLATIONS, MAIN_METHODS, Method
+
+    known = {m.name: m for m in (*MAIN_METHODS, *ABLATIONS.values()) if m.kd != "none"}
+    if not FLAGS.methods or any(m not in known for m in FLAGS.methods):
+        return fail(UsageError(f"--methods={','.join(FLAGS.methods)}: expected some of {', '.join(known)}."))
+    methods = [known[m] for m in FLAGS.methods]
 
     import keras
 
     from experiments.kd_study import Study, prepare
     from experiments.kd_study_report import paired
-    from experiments.study_methods import HEADLINE, Method
     from keras_endokd import atomic_files
     from keras_endokd.models.teachers import DEFAULT_TEACHERS
     from keras_endokd.pipeline import run
@@ -69,7 +79,7 @@ def main(argv=None) -> int:
                       output_dir=os.path.join(FLAGS.output_dir, f"epochs{epochs}"),
                       teacher_dir=FLAGS.teacher_dir or os.path.join(FLAGS.output_dir, "teachers"),
                       verbose=0, quick=False, keep_caches=True)
-        for method in (alone, HEADLINE):
+        for method in (alone, *methods):
             for seed in seeds:
                 cfg, metrics = prepare(study.run_config(method, seed, 0))
                 if metrics is None:
@@ -80,20 +90,24 @@ def main(argv=None) -> int:
                 print(f"[schedule] {epochs} epochs, {method.name}, seed {seed}: test "
                       f"{metrics['student']['accuracy']:.3f}", flush=True)
     summary = {}
-    lines = ["| epochs | student alone, % | relation (attention), % | paired gain, points (95% CI; wins) |",
-             "|---|---|---|---|"]
+    lines = ["| epochs | method | test, % (student alone) | validation, % (student alone) | "
+             "paired test gain, points (95% CI; wins) |", "|---|---|---|---|---|"]
+
+    def mean(d):
+        return 100 * sum(d.values()) / len(d)
+
     for epochs, arms in results.items():
-        a = {s: v["test"] for s, v in arms[HEADLINE.name].items()}
         b = {s: v["test"] for s, v in arms[alone.name].items()}
-        p = paired(a, b)
-        summary[epochs] = {"alone": b, "relation_attention": a, "paired": p}
-        ci = "n/a" if p["gain_ci95"] is None else f"[{p['gain_ci95'][0]:+.1f}, {p['gain_ci95'][1]:+.1f}]"
-
-        def mean(d):
-            return 100 * sum(d.values()) / len(d)
-
-        lines.append(f"| {epochs} | {mean(b):.1f} | {mean(a):.1f} | {p['gain_mean']:+.1f} {ci}; "
-                     f"{p['wins']}/{p['n']} |")
+        b_val = {s: v["val"] for s, v in arms[alone.name].items()}
+        summary[epochs] = {"alone": {"test": b, "val": b_val}}
+        for method in methods:
+            a = {s: v["test"] for s, v in arms[method.name].items()}
+            a_val = {s: v["val"] for s, v in arms[method.name].items()}
+            p = paired(a, b)
+            summary[epochs][method.name] = {"test": a, "val": a_val, "paired_vs_none": p}
+            ci = "n/a" if p["gain_ci95"] is None else f"[{p['gain_ci95'][0]:+.1f}, {p['gain_ci95'][1]:+.1f}]"
+            lines.append(f"| {epochs} | {method.name} | {mean(a):.1f} ({mean(b):.1f}) | {mean(a_val):.1f} "
+                         f"({mean(b_val):.1f}) | {p['gain_mean']:+.1f} {ci}; {p['wins']}/{p['n']} |")
     atomic_files.write_json(os.path.join(FLAGS.output_dir, "schedule.json"), summary)
     print("\n".join(lines))
     return 0

@@ -207,3 +207,11 @@ def test_ablation_tables_mark_the_default():
     lines = ablation_table([{"value": 2, **row}, {"value": 4, **row}], "Heads", 4).splitlines()
     assert lines[0].startswith("| Heads | Acc. (%)") and len(lines) == 4
     assert lines[2].startswith("| 2 | 50.0 |") and lines[3].startswith("| **4** | 50.0 |")
+
+
+def test_schedule_study_refuses_an_unknown_method_before_training(capsys):
+    from experiments import schedule_study
+
+    assert schedule_study.main(["schedule_study", "--methods=relation-attention,relation-avg"]) == 2
+    err = capsys.readouterr().err
+    assert "--methods=relation-attention,relation-avg" in err and "relation-mean" in err
