@@ -6,10 +6,13 @@ with one thread each take 110-130 ms per step each, so two at once train 1.6x th
 second. Each worker process gets `os.cpu_count() // jobs` threads (at least 1).
 
 Order: jobs start in the study's order (seed by seed). A seed's runs with teachers share one
-teacher cache on disk, so the first of them builds it alone: the others of that seed wait for
-it (so does its student alone on the views, which reads the views the builder stored), and only one such builder runs at a time (teachers not yet in the store are trained by
-the first builder, before any other run needs them). The caches a builder adds are its seed's;
-they are deleted once every run of that seed is done, unless `keep_caches`.
+teacher cache on disk, so the first of them builds it alone: the others of that seed wait until
+the cache is complete (so does its student alone on the views, which reads the views the builder
+stored), not for the builder's training, and only one builder builds at a time (teachers not yet
+in the store are trained by the first builder, before any other run needs them). The caches a
+builder adds are its seed's; they are deleted once every run of that seed is done, unless
+`keep_caches`. A worker dies with the study's process (Linux), so a killed study leaves no run
+training on.
 
 A worker writes its run's console output to `<output_dir>/logs/<run>.log`; the study prints
 one line per finished run. A run that fails stops the study (the runs already finished stay,
@@ -24,6 +27,8 @@ import gc
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Set
 
@@ -32,12 +37,36 @@ def cache_folders(root: str) -> Set[str]:
     return {f for f in os.listdir(root) if os.path.isdir(os.path.join(root, f))} if os.path.isdir(root) else set()
 
 
+POLL_SECONDS = 2.0  # how often a running builder's caches are checked for completion
+
+
+def cache_complete(folder: str) -> bool:
+    """Whether `folder` holds a finished teacher cache or finished views (their last files)."""
+    from keras_endokd.distill.teacher_cache import OUTPUTS_DONE, VIEWS_DONE
+
+    return any(os.path.isfile(os.path.join(folder, name)) for name in (OUTPUTS_DONE, VIEWS_DONE))
+
+
 _WORKER_THREADS = None  # set in each worker process: TensorFlow threads for its runs
 
 
 def _init_worker(threads: int) -> None:
     global _WORKER_THREADS
     _WORKER_THREADS = threads
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM to this worker when the study's process dies. Otherwise a killed study's
+    workers train their runs to the end, orphaned, into folders the next invocation rewrites."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the study died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _set_threads() -> None:
@@ -90,21 +119,30 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
     for i in pending:  # a seed with nothing else to train: its student alone stores the views
         if reads_views and reads_views[i]:
             builder.setdefault(seeds[i], i)
-    built: Set[object] = set()  # seeds whose builder has finished
+    built: Set[object] = set()  # seeds whose caches are complete (or whose builder has finished)
     seed_caches: Dict[object, Set[str]] = {}
-    before: Dict[int, Set[str]] = {}  # a running builder -> the cache folders before it started
+    before: Dict[int, Set[str]] = {}  # a building builder -> the cache folders before it started
 
-    def ready(i: int, running: Dict[int, object]) -> bool:
+    def ready(i: int) -> bool:
         seed = seeds[i]
         if seed in built or not (uses_teachers[i] or (reads_views and reads_views[i])):
             return True
-        return builder[seed] == i and not any(builder.get(seeds[j]) == j for j in running)
+        return builder[seed] == i and not before  # one builder building at a time
+
+    def check_built(i: int, finished: bool = False) -> None:
+        """Builder i's seed is built once every cache folder it added is complete (its run goes
+        on training, its seed's other runs start), or when it finishes."""
+        if i not in before:
+            return
+        added = cache_folders(cache_root) - before[i]
+        if finished or (added and all(cache_complete(os.path.join(cache_root, f)) for f in added)):
+            built.add(seeds[i])
+            seed_caches[seeds[i]] = added
+            del before[i]
 
     def finished(i: int, metrics: dict, seconds: float) -> None:
         seed = seeds[i]
-        if builder.get(seed) == i:
-            built.add(seed)
-            seed_caches[seed] = cache_folders(cache_root) - before.pop(i)
+        check_built(i, finished=True)
         left_per_seed[seed] -= 1
         on_done(i, metrics, seconds)
         if left_per_seed[seed] == 0 and not keep_caches:
@@ -130,13 +168,17 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
         running: Dict[int, concurrent.futures.Future] = {}
         try:
             while pending or running:
-                for i in [j for j in pending if ready(j, running)][:workers - len(running)]:
-                    pending.remove(i)
-                    started(i)
-                    running[i] = pool.submit(train, configs[i], log_path(i))
+                for i in list(pending):  # one at a time: a builder that starts holds back the next
+                    if len(running) < workers and ready(i):
+                        pending.remove(i)
+                        started(i)
+                        running[i] = pool.submit(train, configs[i], log_path(i))
                 if not running:
                     raise RuntimeError("study_runner: no job can start (a cache builder is missing)")
-                done, _ = concurrent.futures.wait(running.values(), return_when=concurrent.futures.FIRST_COMPLETED)
+                done, _ = concurrent.futures.wait(running.values(), timeout=POLL_SECONDS,
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+                for i in list(before):
+                    check_built(i)
                 for i in [j for j, future in running.items() if future in done]:
                     future = running.pop(i)
                     try:

@@ -20,6 +20,8 @@ def fake_train(cfg, log_path):
             time.sleep(0.05)
     if cfg.builds:
         os.makedirs(os.path.join(cfg.cache_root, cfg.builds))
+        if getattr(cfg, "completes", False):  # the cache is complete; the run trains on
+            open(os.path.join(cfg.cache_root, cfg.builds, "complete.json"), "w").close()
     time.sleep(cfg.sleep)
     if cfg.reads:  # a run with teachers finds its seed's cache built
         assert os.path.isdir(os.path.join(cfg.cache_root, cfg.reads)), cfg.reads
@@ -98,3 +100,54 @@ def test_the_student_alone_on_the_views_waits_for_the_builder_whose_views_it_rea
     assert sorted(done) == [0, 1, 2, 3, 4] and ran[0]["start"] >= ran[2]["end"]
     assert ran[4]["start"] >= ran[2]["end"] or ran[4]["end"] <= ran[2]["start"]
     assert os.listdir(cache_root) == []
+
+
+def test_a_seeds_runs_start_once_its_cache_is_complete_not_when_its_builder_ends(tmp_path):
+    plan = [(0, True, False), (0, True, False), (1, True, False)]
+    configs, teachers, seeds, cache_root = _jobs(tmp_path, plan)
+    configs[0].completes, configs[0].sleep = True, 4.0
+    done = []
+    run_jobs(configs, teachers, seeds, cache_root, keep_caches=False, workers=2,
+             log_dir=str(tmp_path / "logs"), on_done=lambda i, *a: done.append(i), train=fake_train)
+    ran = {i: json.loads((tmp_path / f"run{i}" / "ran.json").read_text()) for i in done}
+    assert ran[1]["start"] < ran[0]["end"] - 1  # read seed 0's finished cache while job 0 trained
+    assert ran[2]["start"] < ran[0]["end"] or ran[2]["start"] >= ran[1]["end"]
+    assert sorted(done) == [0, 1, 2] and os.listdir(cache_root) == []
+
+
+def _hold(cfg, log_path):
+    with open(cfg.pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_the_workers_of_a_killed_study_stop_with_it(tmp_path):
+    """SIGKILL to the study's process: its worker, in the middle of a run, is gone within seconds."""
+    import signal
+    import subprocess
+    import sys
+
+    pid_file = tmp_path / "worker.pid"
+    script = (
+        "import types; from experiments.study_runner import run_jobs; from tests.test_study_runner import _hold\n"
+        f"cfg = types.SimpleNamespace(output_dir='{tmp_path}/run0', pid_file='{pid_file}')\n"
+        f"run_jobs([cfg, None], [False, False], [0, 0], '{tmp_path}/cache', False, 2, '{tmp_path}/logs',"
+        " lambda *a: None, train=_hold)\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    study = subprocess.Popen([sys.executable, "-c", script], cwd=repo)
+    deadline = time.time() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() < deadline and study.poll() is None, "the worker never started"
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    os.kill(study.pid, signal.SIGKILL)
+    study.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived the study by 15 s")
