@@ -267,7 +267,7 @@ def execute(study: Study) -> list:
             if os.path.exists(timing_path):
                 os.remove(timing_path)
             to_train.append(cfg)
-    run_jobs(to_train, uses_teachers=[method.kd != "none" for method, _, _ in jobs],
+    run_jobs(to_train, uses_cache=[method.kd != "none" and method.inputs == "views" for method, _, _ in jobs],
              reads_views=[method.kd == "none" and method.inputs == "views" for method, _, _ in jobs],
              seeds=[seed for _, seed, _ in jobs], cache_root=os.path.join(study.teacher_dir, "cache"),
              keep_caches=study.keep_caches, workers=study.jobs_at_once,

@@ -95,8 +95,11 @@ BASELINES = (Method("none"), Method("none", inputs="fresh"))
 MAIN_METHODS = (*BASELINES, Method("response"), Method("feature"), Method("relation", "mean"), HEADLINE)
 # Over the ablation seeds only (the 60-minute budget): CA-MKD fusion, and every family together.
 OTHER_METHODS = (Method("relation", "confidence"), Method("response,feature,relation", "attention"))
-# What `--ablations` may name (Method.name): the default ablations, and each recipe variant with
-# mean fusion too, so that a change of recipe can be paired on both fusions.
+# What `--ablations` may name (Method.name): the default ablations, each recipe variant with
+# mean fusion too, so that a change of recipe can be paired on both fusions, and the two fusions
+# on fresh augmentation with live teachers (`relation-attention-fresh`), the input stream of the
+# student alone's `none-fresh` arm.
 DEFAULT_ABLATIONS = (*OTHER_METHODS, *RECIPE_ABLATIONS)
 ABLATIONS = {m.name: m for m in (*DEFAULT_ABLATIONS,
-                                 *(Method("relation", "mean", variant=v) for v in VARIANTS))}
+                                 *(Method("relation", "mean", variant=v) for v in VARIANTS),
+                                 *(Method("relation", f, inputs="fresh") for f in ("attention", "mean")))}

@@ -98,13 +98,14 @@ def train_one(cfg, log_path: Optional[str] = None) -> tuple:
         return metrics, time.time() - start
 
 
-def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: str,
+def run_jobs(configs: list, uses_cache: List[bool], seeds: list, cache_root: str,
              keep_caches: bool, workers: int, log_dir: str,
              on_done: Callable[[int, dict, float], None], train: Callable = train_one,
              reads_views: Optional[List[bool]] = None) -> None:
     """Trains `configs[i]` (None: reused, nothing to train) for every job i; calls
     `on_done(i, metrics, seconds)` in the parent as each finishes. `workers` 1: in this process.
     `train(cfg, log_path) -> (metrics, seconds)`: `train_one`; in workers, a module-level function.
+    `uses_cache[i]`: job i reads its seed's teacher cache (a run with teachers on the views).
     `reads_views[i]`: job i has no teachers but reads the views its seed's cache builder stores
     (the student alone on the views), so it waits for the builder too; it builds (the views
     alone) only where its seed has no run with teachers left to train."""
@@ -114,7 +115,7 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
         left_per_seed[seeds[i]] = left_per_seed.get(seeds[i], 0) + 1
     builder = {}  # seed -> index of the job that builds its cache (its first run with teachers)
     for i in pending:
-        if uses_teachers[i]:
+        if uses_cache[i]:
             builder.setdefault(seeds[i], i)
     for i in pending:  # a seed with nothing else to train: its student alone stores the views
         if reads_views and reads_views[i]:
@@ -125,7 +126,7 @@ def run_jobs(configs: list, uses_teachers: List[bool], seeds: list, cache_root: 
 
     def ready(i: int) -> bool:
         seed = seeds[i]
-        if seed in built or not (uses_teachers[i] or (reads_views and reads_views[i])):
+        if seed in built or not (uses_cache[i] or (reads_views and reads_views[i])):
             return True
         return builder[seed] == i and not before  # one builder building at a time
 
