@@ -77,8 +77,13 @@ def _complete(folder: str, marker: str, views_shape: tuple) -> bool:
     return (done.get("views"), done.get("images")) == tuple(views_shape[:2])
 
 
+def _path(folder: str, name: str) -> str:
+    """The `.npy` file of the views or of one `teacher/tap` output."""
+    return os.path.join(folder, f"{name.replace('/', '__')}.npy")
+
+
 def _load(folder: str, name: str) -> np.ndarray:
-    return np.load(os.path.join(folder, f"{name.replace('/', '__')}.npy"), mmap_mode="r")
+    return np.load(_path(folder, name), mmap_mode="r")
 
 
 class TeacherCache:
@@ -157,8 +162,7 @@ class TeacherCache:
 
         def array(name, shape, dtype, where):
             if on_disk:
-                return np.lib.format.open_memmap(os.path.join(where, f"{name.replace('/', '__')}.npy"),
-                                                 mode="w+", dtype=dtype, shape=shape)
+                return np.lib.format.open_memmap(_path(where, name), mode="w+", dtype=dtype, shape=shape)
             return np.empty(shape, dtype)
 
         views = rendered if rendered is not None else array("views", views_shape, np.uint8, views_folder)
