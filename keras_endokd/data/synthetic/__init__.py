@@ -70,7 +70,7 @@ def load(
 
     The splits drawn last are kept, read-only, and returned again for the same arguments: a
     process that runs many jobs on one dataset (kd_study's workers, the tests) draws it once
-    (7 s at 128x128 on 2 cores) instead of once per job.
+    instead of once per job.
     """
     labels = split_labels(split_sizes)
     key = (image_size, seed, tuple((name, len(y)) for name, y in labels.items()), difficulty)
