@@ -132,22 +132,26 @@ def protocol(records: list) -> dict:
     """The comparison's protocol, and whether every arm of a seed saw one input stream.
 
     `identical_streams_per_seed`: {seed: True} when every `views` run of that seed (and fold)
-    recorded the same input-stream fingerprint (keras_endokd.student_stage.protocol)."""
-    streams = {}
+    recorded the same input-stream fingerprint (keras_endokd.student_stage.protocol);
+    `identical_fresh_streams_per_seed` the same for the runs on fresh augmentation."""
+    streams = {"views": {}, "fresh": {}}
     for r in records:
         p = r.get("protocol") or {}
-        if p.get("train_inputs") == "views":
-            streams.setdefault(f"{r['seed']}/{r['fold']}", set()).add(p.get("input_stream_sha256"))
+        if p.get("train_inputs") in streams:
+            seed = streams[p["train_inputs"]].setdefault(f"{r['seed']}/{r['fold']}", set())
+            seed.add(p.get("input_stream_sha256"))
+    same = {inputs: {k: len(v) == 1 and None not in v for k, v in by_seed.items()}
+            for inputs, by_seed in streams.items()}
     first = next((r["protocol"] for r in records if r.get("protocol")), {})
     return {"rule": "every arm of a seed trains on the same input stream (the same images, views and "
-                    "order), with the same epochs, batch size, optimizer and schedule; only the loss "
+                    "order; on fresh augmentation the same draws), with the same epochs, batch size, optimizer and schedule; only the loss "
                     "differs. The student alone is also trained on fresh augmentation, and distillation "
                     "is paired against the better of the two by validation accuracy.",
             "train_inputs": first.get("train_inputs"), "views_per_image": first.get("views_per_image"),
             "epochs": first.get("epochs"), "batch_size": first.get("batch_size"),
             "optimizer": first.get("optimizer"), "schedule": first.get("schedule"),
             "learning_rate": first.get("learning_rate"),
-            "identical_streams_per_seed": {k: len(v) == 1 and None not in v for k, v in streams.items()}}
+            "identical_streams_per_seed": same["views"], "identical_fresh_streams_per_seed": same["fresh"]}
 
 
 def build_results(study, records, teachers, deploy, command, seconds) -> dict:

@@ -15,7 +15,9 @@ import keras
 
 from keras_endokd import atomic_files, run_folder
 from keras_endokd.classification_metrics import classification_metrics, plot_confusion_matrix
+from keras_endokd.data import augment
 from keras_endokd.data.source import DatasetSource
+from keras_endokd.data.tf_datasets import stream_fingerprint
 from keras_endokd.distill.distiller import Distiller
 from keras_endokd.distill.registry import build_losses
 from keras_endokd.distill.teacher_cache import TeacherCache, cache_key
@@ -85,7 +87,7 @@ def train_student(cfg: RunConfig, source: DatasetSource, datasets: dict, teacher
 
 
 def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, distiller: Distiller):
-    """(batches, the stream's fingerprint, the cache) for `cfg.train_inputs` (fresh: no cache).
+    """(batches, the stream's sha256, the cache) for `cfg.train_inputs` (fresh: no cache).
 
     "views": the views of every training image (distill.teacher_cache), with the teachers'
     precomputed outputs when there are teachers and `--teacher_cache` is not off; the student
@@ -93,17 +95,18 @@ def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, disti
     live.
     """
     if cfg.train_inputs == "fresh":
-        return datasets["train"], None, None
+        return datasets["train"], stream_fingerprint(datasets["train"]), None
     t0 = time.time()
     cached = bool(distiller.teachers and distiller.distillation_losses and cfg.teacher_cache != "off")
     graphs = distiller.teacher_tap_models if cached else []
     if cached and cfg.cache_all_taps:
         graphs = [tap_model(t, sorted((*FEATURE_TAPS, LOGITS))) for t in distiller.teachers]
     taps = list(graphs[0].output) if graphs else []
-    # The augmentation layers' draws follow TensorFlow's global seed: reset it here, so that every
-    # arm renders the same views whatever ran before (teacher training, another run in-process).
+    # What draws from the global seed next (the fusion's weights) starts equal in every arm,
+    # whatever ran before in this process (teacher training, another run).
     keras.utils.set_random_seed(cfg.seed)
     views = {k: getattr(cfg, k) for k in ("image_size", "crop_border", "seed", "teacher_views")}
+    views["augmentation"] = augment.SETTINGS
     views_key = cache_key([], data_fingerprint(source, ("train",)), [], **views)
     key = cache_key(distiller.teachers, views_key, taps) if cached else views_key
     root = os.path.join(cfg.resolved_teacher_dir(), "cache")

@@ -176,6 +176,7 @@ def test_quick_study_writes_tables_plots_and_reuses_runs(tmp_path):
     assert headline["paired_vs_mean_fusion"]["n"] == 1
     # the fair protocol: every views arm of seed 0 trained on one input stream
     assert results["settings"]["protocol"]["identical_streams_per_seed"] == {"0/0": True}
+    assert results["settings"]["protocol"]["identical_fresh_streams_per_seed"] == {"0/0": True}
     assert [row["value"] for row in results["heads"]] == [4]
     assert [row["value"] for row in results["temperature"]] == [4.0]
     assert results["deploy"]["student"]["kind"] == "int8" and results["deploy"]["student"]["bytes"] > 0

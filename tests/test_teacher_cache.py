@@ -68,7 +68,7 @@ def test_caches_of_the_same_views_share_them_on_disk(setup, tmp_path, monkeypatc
     built = TeacherCache.build(split, d.teacher_tap_models, 32, num_views=2, seed=3, mode="disk",
                                folder=str(tmp_path / "outputs"), views_folder=views)
     assert sorted(p.name for p in (tmp_path / "views").iterdir()) == ["views.npy", "views_complete.json"]
-    monkeypatch.setattr(teacher_cache, "build_augmenter", lambda *a: pytest.fail("rendered the views again"))
+    monkeypatch.setattr(teacher_cache, "augment_image", lambda *a: pytest.fail("rendered the views again"))
     alone = TeacherCache.build(split, [], 32, num_views=2, seed=3, mode="disk", folder=views)
     np.testing.assert_array_equal(alone.views, built.views)
     assert alone.stream_fingerprint(3) == built.stream_fingerprint(3)

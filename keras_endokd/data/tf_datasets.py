@@ -6,14 +6,17 @@ float RGB pixel values in [0, 255] and normalize inside themselves, so the deplo
 input is the camera pixel.
 
 Pipeline order, for speed: decode and resize in parallel, cache the small resized uint8 images
-(not the full-size JPEGs) in memory, then shuffle, batch, augment per batch and prefetch.
+(not the full-size JPEGs) in memory, then shuffle, augment each image with its own seed (stateless:
+the same draws in every run, `data.augment`), batch and prefetch.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import tensorflow as tf
 
-from keras_endokd.data.augment import build_augmenter
+from keras_endokd.data.augment import augment_image, image_seeds
 from keras_endokd.data.source import Split
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -101,8 +104,9 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """(float32 images [B, S, S, 3] in [0, 255], int32 labels [B]) batches.
 
-    Training pipelines shuffle (seeded, reshuffled each epoch) and augment; evaluation pipelines
-    keep the split's order so predictions line up with `split.labels`.
+    Training pipelines shuffle (seeded, reshuffled each epoch) and augment (new draws each epoch,
+    the same in every run with this `seed`); evaluation pipelines keep the split's order so
+    predictions line up with `split.labels`.
     """
     images = image_dataset(split, image_size, crop_border)
     ds = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(split.labels))
@@ -110,9 +114,24 @@ def make_dataset(
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(len(split), 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     if training and augment:
-        augmenter = build_augmenter(seed)
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
+        ds = tf.data.Dataset.zip(ds, image_seeds(seed + 2)).map(
+            lambda xy, s: (augment_image(tf.cast(xy[0], tf.float32), s), xy[1]),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size)
+    else:
+        ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def stream_fingerprint(dataset: tf.data.Dataset, epochs: int = 2) -> str:
+    """sha256 of the first `epochs` epochs of (image, label) batches, pixels and labels alike.
+
+    Two runs whose training pipelines give the same fingerprint trained on identical inputs.
+    """
+    h = hashlib.sha256()
+    for _ in range(epochs):
+        for x, y in dataset:
+            h.update(x.numpy().tobytes())
+            h.update(y.numpy().tobytes())
+    return h.hexdigest()

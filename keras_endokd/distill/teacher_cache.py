@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_endokd.console import progress
-from keras_endokd.data.augment import build_augmenter
+from keras_endokd.data.augment import augment_image
 from keras_endokd.data.tf_datasets import image_dataset
 from keras_endokd.data.source import Split
 from keras_endokd.distill.distiller import IMAGE_KEY, TEACHERS_KEY
@@ -167,7 +167,13 @@ class TeacherCache:
 
         views = rendered if rendered is not None else array("views", views_shape, np.uint8, views_folder)
         outputs = {k: array(k, (num_views, n, *s), np.float16, folder) for k, s in shapes.items()}
-        plain = image_dataset(split, image_size, crop_border).batch(batch_size)
+        plain = image_dataset(split, image_size, crop_border).enumerate()
+
+        def render(v):  # view v of image i: augment_image with the seed (seed * 1000 + v, i)
+            return plain.map(
+                lambda i, im: tf.cast(tf.round(augment_image(tf.cast(im, tf.float32), tf.stack([seed * 1000 + v, i]))), tf.uint8),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+
         # Compiled forward passes: eager calls of a functional model cost several times more.
         forwards = [tf.function(lambda x, g=graph: g(x, training=False)) for graph in teacher_graphs]
         what = ("running the teachers on the stored views" if rendered is not None else
@@ -175,12 +181,11 @@ class TeacherCache:
         bar = progress(num_views * n, what)
         for v in range(num_views):
             if rendered is None:
-                augmenter, images = build_augmenter(seed * 1000 + v), iter(plain)
+                images = iter(render(v))
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 if rendered is None:
-                    view = augmenter(tf.cast(next(images), tf.float32), training=True)
-                    views[v, start:stop] = tf.cast(tf.clip_by_value(tf.round(view), 0, 255), tf.uint8).numpy()
+                    views[v, start:stop] = next(images).numpy()
                 pixels = tf.constant(views[v, start:stop], tf.float32)  # exactly the stored uint8 view
                 for t, forward in enumerate(forwards):
                     for tap, value in forward(pixels).items():
