@@ -101,13 +101,13 @@ def add_pairings(rows: list, records: list, seeds: list, headline: str) -> str:
 
 def add_ablation_pairing(row: dict, records: list, seeds: list, baseline: str) -> dict:
     """A recipe ablation's paired gains over its ablation seeds: `paired_vs_recipe` against the
-    same method without the variant (the main table's run of that seed), and `paired_vs_none`
-    against the baseline (on the seeds where both ran)."""
+    same method without the change (the main table's run of that seed: no variant, on the views),
+    and `paired_vs_none` against the baseline (on the seeds where both ran)."""
     from experiments.study_methods import Method
 
-    fields = {k: row[k] for k in ("kd", "fusion", "heads", "temperature", "inputs")}
+    fields = {k: row[k] for k in ("kd", "fusion", "heads", "temperature")}
     acc = _per_seed(records, row["name"], seeds, _accuracy)
-    unablated = Method(**fields).name
+    unablated = Method(**fields, inputs="views").name
     row["paired_vs_recipe"] = paired(acc, _per_seed(records, unablated, seeds, _accuracy))
     row["paired_vs_none"] = paired(acc, _per_seed(records, baseline, seeds, _accuracy))
     return row
@@ -173,9 +173,10 @@ def build_results(study, records, teachers, deploy, command, seconds) -> dict:
         "headline": HEADLINE.name,
         "baseline": baseline,
         "main": main,
-        "other": [summarize(records, m, ablation) for m in chosen if not m.variant],
+        "other": [summarize(records, m, ablation) for m in chosen if not m.variant and m.inputs == "views"],
+        # a change of the headline recipe or of the input stream, paired against the method without it
         "recipe": [add_ablation_pairing(summarize(records, m, ablation), records, ablation, baseline)
-                   for m in chosen if m.variant],
+                   for m in chosen if m.variant or m.inputs != "views"],
         "heads": [{"value": m.heads, **summarize(records, m, ablation)}
                   for m in (study.heads_methods() if ablation else [])],
         "temperature": [{"value": m.temperature, **summarize(records, m, ablation)}
@@ -259,7 +260,7 @@ def markdown(results) -> str:
     teachers = "; ".join(f"{t['name']} ({results['deploy']['teacher_' + t['name']]['kind']})"
                          for t in results["teachers"])
     ablations = []
-    if results.get("recipe"):
+    if results.get("recipe") or results.get("other"):
         headline = next(r for r in results["main"] if r["name"] == results["headline"])
         rows = [headline] + results.get("other", []) + results["recipe"]
         lines = ["| Method | Acc. (%) | Val. acc. (%) | Gain vs the recipe without the change (pts, 95% CI, "

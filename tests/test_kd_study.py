@@ -104,6 +104,24 @@ def test_a_method_row_is_the_mean_and_sample_std_over_seeds():
     assert alone["std"]["accuracy"] is None and _cell(alone, "accuracy") == "50.0"
 
 
+def test_a_fresh_input_arm_is_paired_against_its_method_on_the_views():
+    """`relation-attention-fresh` changes the input stream only: its `paired_vs_recipe` is against
+    `relation-attention` (views) of the same seeds, its `paired_vs_none` against the baseline."""
+    from experiments.kd_study_report import METRICS, add_ablation_pairing, summarize
+
+    def run(method, seed, accuracy):
+        return {"method": method, "seed": seed, "fold": 0,
+                "student": {**{k: accuracy for k in METRICS}, "params": 51_640}}
+
+    records = [run("relation-attention-fresh", 0, 0.86), run("relation-attention-fresh", 1, 0.84),
+               run("relation-attention", 0, 0.85), run("relation-attention", 1, 0.85),
+               run("none-fresh", 0, 0.80), run("none-fresh", 1, 0.82)]
+    fresh = Method("relation", "attention", inputs="fresh")
+    row = add_ablation_pairing(summarize(records, fresh, [0, 1]), records, [0, 1], "none-fresh")
+    assert row["paired_vs_recipe"]["per_seed"] == {0: pytest.approx(1.0), 1: pytest.approx(-1.0)}
+    assert row["paired_vs_recipe"]["wins"] == 1 and row["paired_vs_none"]["gain_mean"] == pytest.approx(4.0)
+
+
 def results_json(out):
     return json.loads((out / "results.json").read_text())
 
