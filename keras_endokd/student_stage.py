@@ -95,6 +95,8 @@ def training_inputs(cfg: RunConfig, source: DatasetSource, datasets: dict, disti
     live.
     """
     if cfg.train_inputs == "fresh":
+        # The fingerprint draws the pipeline's first two epochs; `fit` then takes the epochs after
+        # them (a seeded pipeline redraws per iteration), the same ones in every run of this seed.
         return datasets["train"], stream_fingerprint(datasets["train"]), None
     t0 = time.time()
     cached = bool(distiller.teachers and distiller.distillation_losses and cfg.teacher_cache != "off")
