@@ -144,9 +144,10 @@ def protocol(records: list) -> dict:
             for inputs, by_seed in streams.items()}
     first = next((r["protocol"] for r in records if r.get("protocol")), {})
     return {"rule": "every arm of a seed trains on the same input stream (the same images, views and "
-                    "order; on fresh augmentation the same draws), with the same epochs, batch size, optimizer and schedule; only the loss "
-                    "differs. The student alone is also trained on fresh augmentation, and distillation "
-                    "is paired against the better of the two by validation accuracy.",
+                    "order; on fresh augmentation the same draws), with the same epochs, batch size, "
+                    "optimizer and schedule; only the loss differs. The student alone is also trained on "
+                    "fresh augmentation, and distillation is paired against the better of the two by "
+                    "validation accuracy.",
             "train_inputs": first.get("train_inputs"), "views_per_image": first.get("views_per_image"),
             "epochs": first.get("epochs"), "batch_size": first.get("batch_size"),
             "optimizer": first.get("optimizer"), "schedule": first.get("schedule"),

@@ -170,9 +170,11 @@ class TeacherCache:
         plain = image_dataset(split, image_size, crop_border).enumerate()
 
         def render(v):  # view v of image i: augment_image with the seed (seed * 1000 + v, i)
-            return plain.map(
-                lambda i, im: tf.cast(tf.round(augment_image(tf.cast(im, tf.float32), tf.stack([seed * 1000 + v, i]))), tf.uint8),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+            def view(i, image):
+                pixels = augment_image(tf.cast(image, tf.float32), tf.stack([seed * 1000 + v, i]))
+                return tf.cast(tf.round(pixels), tf.uint8)
+
+            return plain.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
 
         # Compiled forward passes: eager calls of a functional model cost several times more.
         forwards = [tf.function(lambda x, g=graph: g(x, training=False)) for graph in teacher_graphs]
