@@ -6,8 +6,8 @@ feature-based and relation-based distillation (their teacher fusion against mean
 confidence-weighted fusion), and ablate the fusion's attention heads. This script runs, every arm on the same input stream (see experiments/README.md, "The protocol"):
 
 - each teacher (the shipped ones on the embedded data; trained once elsewhere; no std);
-- over `--seeds` (`study_methods.MAIN_METHODS`): the student alone on the views and on fresh
-  augmentation, response (Hinton KD), feature (FitNets + attention transfer), relation with mean
+- over `--seeds` (`study_methods.MAIN_METHODS`, or those `--methods` names): the student alone
+  on the views and on fresh augmentation, response (Hinton KD), feature (FitNets + attention transfer), relation with mean
   (AVER) and multi-head-attention fusion (the headline); each paired by seed against the better
   student-alone arm by validation accuracy;
 - over `--ablation_seeds`: confidence-weighted fusion (CA-MKD), response + feature + relation,
@@ -73,6 +73,8 @@ flags.DEFINE_list("folds", None, "Held-out test folds, metrics averaged per seed
                   "hyper_kvasir, the official 2-fold protocol; 0 otherwise).", **_F)
 flags.DEFINE_boolean("crop_border", False, "Crop the endoscope's black border before resizing.", **_F)
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Training seeds of the main comparison.", **_F)
+flags.DEFINE_list("methods", None, "The main methods to run over --seeds, by run name (default: all of "
+                  "study_methods.MAIN_METHODS); the two student-alone arms and the headline always run.", **_F)
 flags.DEFINE_list("ablation_seeds", ["0"], "Training seeds of the ablations (empty: none).", **_F)
 flags.DEFINE_list("ablations", None, "The ablation methods to run over --ablation_seeds, by run name "
                   "(default: relation-confidence, response+feature+relation-attention and every "
@@ -119,7 +121,7 @@ QUICK = {"export_seeds": [], "teachers": ["tiny_resnet", "small_plaincnn"], "ima
          "representative": 100, "output_dir": "runs/kd_study_quick"}
 
 from experiments.study_methods import (  # noqa: E402,F401
-    ABLATIONS, DEFAULT_ABLATIONS, HEADLINE, HEADS, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS, TEMPERATURE,
+    ABLATIONS, BASELINES, DEFAULT_ABLATIONS, HEADLINE, HEADS, MAIN_METHODS, OTHER_METHODS, RECIPE_ABLATIONS, TEMPERATURE,
     Method)
 
 
@@ -157,6 +159,11 @@ class Study:
     # Run names of the ablation methods (study_methods.ABLATIONS).
     ablations: List[str] = dataclasses.field(default_factory=lambda: [m.name for m in DEFAULT_ABLATIONS])
     jobs_at_once: int = 1  # runs trained at once, each in its own process (1: in this process)
+    # Run names of the main methods (study_methods.MAIN_METHODS; the baselines and headline always).
+    methods: List[str] = dataclasses.field(default_factory=lambda: [m.name for m in MAIN_METHODS])
+
+    def main_methods(self) -> List[Method]:
+        return [m for m in MAIN_METHODS if m.name in self.methods or m in (*BASELINES, HEADLINE)]
 
     def ablation_methods(self) -> List[Method]:
         return [ABLATIONS[name] for name in self.ablations]
@@ -173,7 +180,7 @@ class Study:
         ablations = self.ablation_methods() + self.heads_methods() + self.temperature_methods()
         jobs = []
         for seed in dict.fromkeys(self.seeds + self.ablation_seeds):
-            methods = (list(MAIN_METHODS) if seed in self.seeds else []) + (
+            methods = (self.main_methods() if seed in self.seeds else []) + (
                 ablations if seed in self.ablation_seeds else [])
             for method in dict.fromkeys(methods):
                 jobs += [(method, seed, fold) for fold in self.folds]
@@ -196,7 +203,7 @@ class Study:
             batch_size=self.batch_size, seed=seed, data_seed=self.data_seed,
             teacher_seed=self.teacher_seed, output_dir=self.run_dir(method, seed, fold),
             teacher_cache="disk", cache_all_taps=True, teacher_views=self.teacher_views,
-            train_inputs=method.inputs, export=seed in self.export_seeds and method in MAIN_METHODS,
+            train_inputs=method.inputs, export=seed in self.export_seeds and method in self.main_methods(),
             min_agreement=0.0, deterministic=self.deterministic, verbose=self.verbose,
             report=False)  # the study reports across runs (results.md); a run's own figures are not read
 
@@ -388,6 +395,11 @@ def resolve_flags() -> Study:
         raise UsageError("--seeds must name at least one seed.")
     ablations = list(dict.fromkeys(FLAGS.ablations)) if FLAGS.ablations is not None else [
         m.name for m in DEFAULT_ABLATIONS]
+    methods = list(dict.fromkeys(FLAGS.methods)) if FLAGS.methods is not None else [m.name for m in MAIN_METHODS]
+    unknown = [name for name in methods if name not in {m.name for m in MAIN_METHODS}]
+    if unknown:
+        raise UsageError(f"--methods: unknown method(s) {', '.join(unknown)}; expected run names among "
+                         f"{', '.join(m.name for m in MAIN_METHODS)}.")
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown:
         raise UsageError(f"--ablations: unknown method(s) {', '.join(unknown)}; expected run names among "
@@ -424,7 +436,7 @@ def resolve_flags() -> Study:
         output_dir=output_dir, teacher_dir=FLAGS.teacher_dir or os.path.join(output_dir, "teachers"),
         verbose=FLAGS.verbose, quick=FLAGS.quick, keep_caches=FLAGS.keep_caches,
         export_seeds=[int(v) for v in value["export_seeds"]], deterministic=FLAGS.deterministic,
-        ablations=ablations, jobs_at_once=FLAGS.jobs)
+        ablations=ablations, jobs_at_once=FLAGS.jobs, methods=methods)
 
 
 def study_main(study: Study, command: str) -> dict:
@@ -433,7 +445,7 @@ def study_main(study: Study, command: str) -> dict:
 
     start = time.time()
     jobs = study.jobs()
-    log(f"{len(jobs)} runs into {os.path.abspath(study.output_dir)}: {len(MAIN_METHODS)} methods x "
+    log(f"{len(jobs)} runs into {os.path.abspath(study.output_dir)}: {len(study.main_methods())} methods x "
         f"{len(study.seeds)} seeds, ablations x {len(study.ablation_seeds)} seeds, folds {study.folds}, "
         f"{study.epochs} epochs")
     records = execute(study)

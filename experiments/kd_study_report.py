@@ -157,7 +157,7 @@ def protocol(records: list) -> dict:
 
 def build_results(study, records, teachers, deploy, command, seconds) -> dict:
     """Everything results.json holds, and what the tables and plots are drawn from."""
-    from experiments.study_methods import HEADLINE, MAIN_METHODS
+    from experiments.study_methods import HEADLINE
 
     ablation = study.ablation_seeds
     chosen = study.ablation_methods() if ablation else []
@@ -165,7 +165,7 @@ def build_results(study, records, teachers, deploy, command, seconds) -> dict:
     for r in records:
         cm = np.asarray(r["student"]["confusion_matrix"])
         confusion[r["method"]] = confusion.get(r["method"], 0) + cm
-    main = [summarize(records, m, study.seeds) for m in MAIN_METHODS]
+    main = [summarize(records, m, study.seeds) for m in study.main_methods()]
     baseline = add_pairings(main, records, study.seeds, HEADLINE.name)
     return {
         "settings": {**dataclasses.asdict(study), "command": command, "cpu_count": os.cpu_count(),
