@@ -7,9 +7,9 @@ confidence-weighted fusion), and ablate the fusion's attention heads. This scrip
 
 - each teacher (the shipped ones on the embedded data; trained once elsewhere; no std);
 - over `--seeds` (`study_methods.MAIN_METHODS`, or those `--methods` names): the student alone
-  on the views and on fresh augmentation, response (Hinton KD), feature (FitNets + attention transfer), relation with mean
-  (AVER) and multi-head-attention fusion (the headline); each paired by seed against the better
-  student-alone arm by validation accuracy;
+  on the views and on fresh augmentation, response (Hinton KD), feature (FitNets + attention
+  transfer), relation with mean (AVER) and multi-head-attention fusion (the headline); each paired
+  by seed against the better student-alone arm by validation accuracy;
 - over `--ablation_seeds`: confidence-weighted fusion (CA-MKD), response + feature + relation,
   the headline recipe's ablations (`study_methods.VARIANTS`), and the attention heads
   (`--heads_grid`) and temperature (`--temperature_grid`, on `--temperature_kd`) grids.
@@ -274,8 +274,8 @@ def execute(study: Study) -> list:
             if os.path.exists(timing_path):
                 os.remove(timing_path)
             to_train.append(cfg)
-    run_jobs(to_train, uses_cache=[method.kd != "none" and method.inputs == "views" for method, _, _ in jobs],
-             reads_views=[method.kd == "none" and method.inputs == "views" for method, _, _ in jobs],
+    run_jobs(to_train, uses_cache=[method.uses_cache for method, _, _ in jobs],
+             reads_views=[method.reads_views for method, _, _ in jobs],
              seeds=[seed for _, seed, _ in jobs], cache_root=os.path.join(study.teacher_dir, "cache"),
              keep_caches=study.keep_caches, workers=study.jobs_at_once,
              log_dir=os.path.join(study.output_dir, "logs"),

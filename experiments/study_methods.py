@@ -53,6 +53,17 @@ class Method:
             object.__setattr__(self, "temperature", TEMPERATURE)
 
     @property
+    def uses_cache(self) -> bool:
+        """Reads the seed's teacher cache (the views with every teacher's outputs): a distilled
+        arm on the views. experiments.study_runner builds it before the seed's first such run."""
+        return self.kd != "none" and self.inputs == "views"
+
+    @property
+    def reads_views(self) -> bool:
+        """Reads the seed's views without teacher outputs: the student alone on the views."""
+        return self.kd == "none" and self.inputs == "views"
+
+    @property
     def name(self) -> str:
         """Folder and file name: `relation-attention`, `response+relation-attention-T2`."""
         kinds = self.kd.split(",")

@@ -73,6 +73,17 @@ def test_jobs_share_runs_between_tables(tmp_path):
     folds = _study(tmp_path, dataset="hyper_kvasir", folds=[0, 1]).jobs()
     assert len(folds) == 2 * len(jobs)
     assert _study(tmp_path, folds=[0, 1]).run_dir(HEADLINE, 1, 1).endswith("relation-attention-seed1-fold1")
+    # --methods=relation-mean: the two student-alone arms and the headline run as well
+    subset = _study(tmp_path, methods=["relation-mean"], ablation_seeds=[]).jobs()
+    assert [m.name for m, seed, _ in subset if seed == 0] == ["none", "none-fresh", "relation-mean",
+                                                             "relation-attention"]
+    assert len(subset) == 4 * 2
+
+
+def test_an_unknown_main_method_is_refused_before_training(capsys):
+    assert kd_study.main(["kd_study", "--methods=relation-avg"]) == 2
+    err = capsys.readouterr().err
+    assert "--methods: unknown method(s) relation-avg" in err and "relation-mean" in err
 
 
 def test_finished_run_is_reused_only_with_the_same_config(tmp_path):
