@@ -6,8 +6,10 @@ distillation gains grow with the number of epochs, while a student trained alone
 student alone costs, so a longer schedule is affordable. This script measures it on the embedded
 data: the student alone and `--methods` (default: the headline, relation with attention fusion)
 over `--seeds`, at each schedule of `--epochs_grid`, every arm of a seed on the same input stream
-(the study's protocol, experiments/README.md), each paired by seed with the student alone at each
-schedule.
+(the study's protocol, experiments/README.md), each paired by seed with the better of the
+student alone on the views and on fresh augmentation (by validation accuracy) at each schedule.
+`python -m experiments.kd_study --epochs=40` measures one schedule with every method and the int8
+exports; this script compares schedules.
 
 It reuses experiments.kd_study's run settings and resume logic: finished runs in
 `--output_dir/runs/` are reused, interrupted ones resumed.
@@ -41,6 +43,45 @@ flags.DEFINE_string("teacher_dir", None, "Teachers and caches (default OUTPUT_DI
                     flag_values=FLAGS)
 
 
+def summarize(results: dict, methods: list) -> tuple:
+    """(schedule.json's content, the Markdown table's lines) from `results`:
+    {epochs: {run name: {seed: {"test": fraction, "val": fraction}}}}.
+
+    At each schedule the baseline is the better student-alone arm by mean validation accuracy
+    (`none` on the views or `none-fresh`), as in kd_study; each method is paired by seed against
+    it (`paired_vs_none`, accuracy points), and against both arms (`paired_vs_baselines`)."""
+    import statistics
+
+    from experiments.kd_study_report import paired
+    from experiments.study_methods import BASELINES
+
+    def split(arm, key):
+        return {seed: v[key] for seed, v in arm.items()}
+
+    def mean(d):
+        return 100 * statistics.fmean(d.values())
+
+    summary = {}
+    lines = ["| epochs | method | test, % (baseline) | validation, % (baseline) | "
+             "paired test gain over the baseline, points (95% CI; wins) |", "|---|---|---|---|---|"]
+    for epochs, arms in results.items():
+        val = {m.name: mean(split(arms[m.name], "val")) for m in BASELINES}
+        baseline = max(val, key=val.get)
+        b, b_val = split(arms[baseline], "test"), split(arms[baseline], "val")
+        summary[epochs] = {"baseline": baseline,
+                           **{m.name: {"test": split(arms[m.name], "test"), "val": split(arms[m.name], "val")}
+                              for m in BASELINES}}
+        for name in methods:
+            a, a_val = split(arms[name], "test"), split(arms[name], "val")
+            both = {m.name: paired(a, split(arms[m.name], "test")) for m in BASELINES}
+            p = both[baseline]
+            summary[epochs][name] = {"test": a, "val": a_val, "paired_vs_none": p, "paired_vs_baselines": both}
+            ci = "n/a" if p["gain_ci95"] is None else f"[{p['gain_ci95'][0]:+.1f}, {p['gain_ci95'][1]:+.1f}]"
+            lines.append(f"| {epochs} | {name} | {mean(a):.1f} ({baseline} {mean(b):.1f}) | {mean(a_val):.1f} "
+                         f"({mean(b_val):.1f}) | {p['gain_mean']:+.1f} {ci}; {p['wins']}/{p['n']} |")
+    return summary, lines
+
+
 def main(argv=None) -> int:
     _, code = parse_flags(FLAGS, argv, __doc__)
     if code is not None:
@@ -52,7 +93,7 @@ def main(argv=None) -> int:
             raise ValueError("need at least one schedule of >= 1 epoch and one seed")
     except ValueError as err:
         return fail(UsageError(f"--epochs_grid and --seeds take comma-separated integers: {err}"))
-    from experiments.study_methods import ABLATIONS, MAIN_METHODS, Method
+    from experiments.study_methods import ABLATIONS, BASELINES, MAIN_METHODS
 
     known = {m.name: m for m in (*MAIN_METHODS, *ABLATIONS.values()) if m.kd != "none"}
     if not FLAGS.methods or any(m not in known for m in FLAGS.methods):
@@ -62,13 +103,11 @@ def main(argv=None) -> int:
     import keras
 
     from experiments.kd_study import Study, prepare
-    from experiments.kd_study_report import paired
     from keras_endokd import atomic_files
     from keras_endokd.models.teachers import DEFAULT_TEACHERS
     from keras_endokd.pipeline import run
     from keras_endokd.run_config import RunConfig
 
-    alone = Method("none")
     results = {}
     for epochs in grid:
         study = Study(dataset="synthetic", data_dir=None, split_file=None, folds=[0], crop_border=False,
@@ -79,7 +118,7 @@ def main(argv=None) -> int:
                       output_dir=os.path.join(FLAGS.output_dir, f"epochs{epochs}"),
                       teacher_dir=FLAGS.teacher_dir or os.path.join(FLAGS.output_dir, "teachers"),
                       verbose=0, quick=False, keep_caches=True)
-        for method in (alone, *methods):
+        for method in (*BASELINES, *methods):
             for seed in seeds:
                 cfg, metrics = prepare(study.run_config(method, seed, 0))
                 if metrics is None:
@@ -89,25 +128,7 @@ def main(argv=None) -> int:
                     "test": metrics["student"]["accuracy"], "val": metrics["student"]["val_accuracy"]}
                 print(f"[schedule] {epochs} epochs, {method.name}, seed {seed}: test "
                       f"{metrics['student']['accuracy']:.3f}", flush=True)
-    summary = {}
-    lines = ["| epochs | method | test, % (student alone) | validation, % (student alone) | "
-             "paired test gain, points (95% CI; wins) |", "|---|---|---|---|---|"]
-
-    def mean(d):
-        return 100 * sum(d.values()) / len(d)
-
-    for epochs, arms in results.items():
-        b = {s: v["test"] for s, v in arms[alone.name].items()}
-        b_val = {s: v["val"] for s, v in arms[alone.name].items()}
-        summary[epochs] = {"alone": {"test": b, "val": b_val}}
-        for method in methods:
-            a = {s: v["test"] for s, v in arms[method.name].items()}
-            a_val = {s: v["val"] for s, v in arms[method.name].items()}
-            p = paired(a, b)
-            summary[epochs][method.name] = {"test": a, "val": a_val, "paired_vs_none": p}
-            ci = "n/a" if p["gain_ci95"] is None else f"[{p['gain_ci95'][0]:+.1f}, {p['gain_ci95'][1]:+.1f}]"
-            lines.append(f"| {epochs} | {method.name} | {mean(a):.1f} ({mean(b):.1f}) | {mean(a_val):.1f} "
-                         f"({mean(b_val):.1f}) | {p['gain_mean']:+.1f} {ci}; {p['wins']}/{p['n']} |")
+    summary, lines = summarize(results, [m.name for m in methods])
     atomic_files.write_json(os.path.join(FLAGS.output_dir, "schedule.json"), summary)
     print("\n".join(lines))
     return 0

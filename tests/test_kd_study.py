@@ -245,3 +245,20 @@ def test_schedule_study_refuses_an_unknown_method_before_training(capsys):
     assert schedule_study.main(["schedule_study", "--methods=relation-attention,relation-avg"]) == 2
     err = capsys.readouterr().err
     assert "--methods=relation-attention,relation-avg" in err and "relation-mean" in err
+
+
+def test_the_schedule_study_pairs_against_the_better_student_alone_by_validation():
+    from experiments.schedule_study import summarize
+
+    def arm(test, val):
+        return {seed: {"test": t, "val": v} for seed, (t, v) in enumerate(zip(test, val))}
+
+    results = {40: {"none": arm([0.80, 0.82], [0.85, 0.85]),
+                    "none-fresh": arm([0.84, 0.86], [0.86, 0.88]),  # better by validation
+                    "relation-mean": arm([0.85, 0.85], [0.87, 0.87])}}
+    summary, lines = summarize(results, ["relation-mean"])
+    row = summary[40]["relation-mean"]
+    assert summary[40]["baseline"] == "none-fresh"
+    assert row["paired_vs_none"]["per_seed"] == {0: pytest.approx(1.0), 1: pytest.approx(-1.0)}
+    assert row["paired_vs_baselines"]["none"]["gain_mean"] == pytest.approx(4.0)
+    assert lines[-1].startswith("| 40 | relation-mean | 85.0 (none-fresh 85.0) | 87.0 (87.0) | +0.0 [")
