@@ -325,8 +325,8 @@ def markdown(results) -> str:
         f"({s['cpu_count']}-core machine, experiments.bench_infer.latency_ms). Teachers: {teachers}.",
         "",
         *ablations,
-        f"Ablations: mean ± std over seeds {s['ablation_seeds']} (no std with one seed); **bold**: "
-        "the main table's setting.",
+        *([f"Ablations: mean ± std over seeds {s['ablation_seeds']} (no std with one seed); **bold**: "
+           "the main table's setting."] if s["ablation_seeds"] else []),
         "Confusion matrices (confusion_matrices/): summed over every seed and fold a method ran with.",
         "",
     ])
