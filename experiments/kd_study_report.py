@@ -72,6 +72,16 @@ def _int8_accuracy(record):
     return (record.get("deploy") or {}).get("int8_accuracy")
 
 
+def baseline_by_validation(records: list, seeds: list) -> str:
+    """The student-alone arm distillation is paired against: of study_methods.BASELINES (the
+    views, fresh augmentation), the one with the higher mean validation accuracy over `seeds`."""
+    from experiments.study_methods import BASELINES
+
+    val = {m.name: statistics.fmean(_per_seed(records, m.name, seeds, lambda r: r["student"]["val_accuracy"]).values())
+           for m in BASELINES}
+    return max(val, key=val.get)
+
+
 def add_pairings(rows: list, records: list, seeds: list, headline: str) -> str:
     """Adds `paired_vs_none` (and the int8 pairing) to every main row; returns the baseline's name.
 
@@ -82,9 +92,7 @@ def add_pairings(rows: list, records: list, seeds: list, headline: str) -> str:
     """
     from experiments.study_methods import BASELINES, Method
 
-    val = {m.name: statistics.fmean(_per_seed(records, m.name, seeds, lambda r: r["student"]["val_accuracy"]).values())
-           for m in BASELINES}
-    baseline = max(val, key=val.get)
+    baseline = baseline_by_validation(records, seeds)
     for row in rows:
         acc = _per_seed(records, row["name"], seeds, _accuracy)
         row["paired_vs_baselines"] = {m.name: paired(acc, _per_seed(records, m.name, seeds, _accuracy))

@@ -44,19 +44,17 @@ flags.DEFINE_string("teacher_dir", None, "Teachers and caches (default OUTPUT_DI
 
 
 def summarize(results: dict, methods: list) -> tuple:
-    """(schedule.json's content, the Markdown table's lines) from `results`:
-    {epochs: {run name: {seed: {"test": fraction, "val": fraction}}}}.
+    """(schedule.json's content, the Markdown table's lines) from `results`: {epochs: run records
+    as kd_study keeps them ({"method": run name, "seed", "fold", "student": {"accuracy",
+    "val_accuracy"}})}.
 
-    At each schedule the baseline is the better student-alone arm by mean validation accuracy
-    (`none` on the views or `none-fresh`), as in kd_study; each method is paired by seed against
-    it (`paired_vs_none`, accuracy points), and against both arms (`paired_vs_baselines`)."""
+    At each schedule the baseline is kd_study's (`kd_study_report.baseline_by_validation`: the
+    better student-alone arm by validation); each method is paired by seed against it
+    (`paired_vs_none`, accuracy points), and against both arms (`paired_vs_baselines`)."""
     import statistics
 
-    from experiments.kd_study_report import paired
+    from experiments.kd_study_report import baseline_by_validation, paired
     from experiments.study_methods import BASELINES
-
-    def split(arm, key):
-        return {seed: v[key] for seed, v in arm.items()}
 
     def mean(d):
         return 100 * statistics.fmean(d.values())
@@ -64,16 +62,18 @@ def summarize(results: dict, methods: list) -> tuple:
     summary = {}
     lines = ["| epochs | method | test, % (baseline) | validation, % (baseline) | "
              "paired test gain over the baseline, points (95% CI; wins) |", "|---|---|---|---|---|"]
-    for epochs, arms in results.items():
-        val = {m.name: mean(split(arms[m.name], "val")) for m in BASELINES}
-        baseline = max(val, key=val.get)
-        b, b_val = split(arms[baseline], "test"), split(arms[baseline], "val")
+    for epochs, records in results.items():
+        def per_seed(name, key):
+            return {r["seed"]: r["student"][key] for r in records if r["method"] == name}
+
+        baseline = baseline_by_validation(records, sorted({r["seed"] for r in records}))
+        b, b_val = per_seed(baseline, "accuracy"), per_seed(baseline, "val_accuracy")
         summary[epochs] = {"baseline": baseline,
-                           **{m.name: {"test": split(arms[m.name], "test"), "val": split(arms[m.name], "val")}
+                           **{m.name: {"test": per_seed(m.name, "accuracy"), "val": per_seed(m.name, "val_accuracy")}
                               for m in BASELINES}}
         for name in methods:
-            a, a_val = split(arms[name], "test"), split(arms[name], "val")
-            both = {m.name: paired(a, split(arms[m.name], "test")) for m in BASELINES}
+            a, a_val = per_seed(name, "accuracy"), per_seed(name, "val_accuracy")
+            both = {m.name: paired(a, per_seed(m.name, "accuracy")) for m in BASELINES}
             p = both[baseline]
             summary[epochs][name] = {"test": a, "val": a_val, "paired_vs_none": p, "paired_vs_baselines": both}
             ci = "n/a" if p["gain_ci95"] is None else f"[{p['gain_ci95'][0]:+.1f}, {p['gain_ci95'][1]:+.1f}]"
@@ -124,8 +124,8 @@ def main(argv=None) -> int:
                 if metrics is None:
                     keras.backend.clear_session()
                     metrics = run(dataclasses.replace(cfg, export=False))
-                results.setdefault(epochs, {}).setdefault(method.name, {})[seed] = {
-                    "test": metrics["student"]["accuracy"], "val": metrics["student"]["val_accuracy"]}
+                results.setdefault(epochs, []).append({"method": method.name, "seed": seed, "fold": 0,
+                                                       "student": metrics["student"]})
                 print(f"[schedule] {epochs} epochs, {method.name}, seed {seed}: test "
                       f"{metrics['student']['accuracy']:.3f}", flush=True)
     summary, lines = summarize(results, [m.name for m in methods])

@@ -250,12 +250,13 @@ def test_schedule_study_refuses_an_unknown_method_before_training(capsys):
 def test_the_schedule_study_pairs_against_the_better_student_alone_by_validation():
     from experiments.schedule_study import summarize
 
-    def arm(test, val):
-        return {seed: {"test": t, "val": v} for seed, (t, v) in enumerate(zip(test, val))}
+    def arm(name, test, val):
+        return [{"method": name, "seed": seed, "fold": 0, "student": {"accuracy": t, "val_accuracy": v}}
+                for seed, (t, v) in enumerate(zip(test, val))]
 
-    results = {40: {"none": arm([0.80, 0.82], [0.85, 0.85]),
-                    "none-fresh": arm([0.84, 0.86], [0.86, 0.88]),  # better by validation
-                    "relation-mean": arm([0.85, 0.85], [0.87, 0.87])}}
+    results = {40: [*arm("none", [0.80, 0.82], [0.85, 0.85]),
+                    *arm("none-fresh", [0.84, 0.86], [0.86, 0.88]),  # better by validation
+                    *arm("relation-mean", [0.85, 0.85], [0.87, 0.87])]}
     summary, lines = summarize(results, ["relation-mean"])
     row = summary[40]["relation-mean"]
     assert summary[40]["baseline"] == "none-fresh"
